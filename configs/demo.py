@@ -6,13 +6,17 @@ Command:
 Model: the Base architecture shrunk (128-channel conv extractor, 4 x 256 Transformer),
 objective and schedules as fairseq Base. Runs in under 10 minutes on 2 CPU cores; the
 result on this machine is recorded in benchmarks/RESULTS.md.
+
+`--config=configs/demo.py:tiny` shrinks everything further (a 2-layer width-32 model on
+1 s crops) for tests and smoke runs: a step takes milliseconds.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in (None, "tiny"):
+    raise ValueError(f"configs/demo.py takes no argument or 'tiny', got {arg!r}")
   c = common.pretrain_config()
   c.total_steps = 600
   c.log_every = 20
@@ -33,5 +37,24 @@ def get_config(arg=None):
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 60
   c.gumbel.decay = 0.995  # reaches the end temperature within the short run
+  if arg == "tiny":
+    c.total_steps = 8
+    c.log_every = 1
+    c.checkpoint_every = 4
+    c.optim.warmup_steps = 2
+    c.data.max_samples = 16_080  # 50 frames, 1 s
+    c.data.min_samples = 8_000
+    c.objective.num_negatives = 10
+    c.model = common.wav2vec2_model(
+      conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+      embed_dim=32,
+      num_layers=2,
+      num_heads=2,
+      mlp_dim=64,
+      pos_conv_kernel=16,
+      pos_conv_groups=4,
+      final_dim=16,
+      latent_vars=8,
+    )
   c.lock()
   return c

@@ -1,0 +1,52 @@
+"""sslax entry point: `python -m sslax.main --config=configs/NAME.py --workdir=DIR`.
+
+Config fields are overridden with `--config.FIELD=value` (e.g. `--config.total_steps=10`,
+`--config.mesh.fsdp=4`); an unknown field is an error. Multi-host jobs pass
+`--coordinator_address`, `--num_processes` and `--process_id` (or set nothing on TPU pods,
+where `--distributed` alone lets JAX find its peers).
+"""
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from sslax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "Call jax.distributed.initialize() (auto-detected on TPU/SLURM)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record) -> bool:
+  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still show)."""
+  return record.levelno >= logging.converter.STANDARD_WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  # Must precede any device query.
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
+  config = _CONFIG.value
+  logging.info("job %s, process %d/%d", config.job, jax.process_index(), jax.process_count())
+  if config.job == "pretrain":
+    loop.train(config, _WORKDIR.value)
+  else:
+    raise ValueError(f"config.job={config.job!r} is not a job sslax runs; expected 'pretrain'")
+
+
+if __name__ == "__main__":
+  app.run(main)

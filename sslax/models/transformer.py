@@ -1,0 +1,352 @@
+"""wav2vec 2.0 Transformer encoder (fairseq TransformerEncoder / TransformerSentenceEncoderLayer).
+
+Convolutional positional embedding, post-LN (Base) or pre-LN (Large) layers, layerdrop.
+Parameters are initialised as fairseq's `init_bert_params`: linear weights N(0, 0.02),
+biases 0.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# fairseq's LayerNorm uses PyTorch's default epsilon.
+NORM_EPSILON = 1e-5
+# Large enough that exp() underflows to exactly 0, finite so an all-padding row gives no NaN.
+_MASKED_LOGIT = -1e30
+
+
+def _bert_init(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros, names)
+
+
+def layer_norm(x_BxTxD: jax.Array, name: str, dtype: jnp.dtype, param_dtype: jnp.dtype):
+  """LayerNorm over the last axis computed in float32, cast back to `dtype`.
+
+  Call only inside a compact method: it creates the submodule `name` there.
+  """
+  y = nn.LayerNorm(
+    epsilon=NORM_EPSILON,
+    dtype=jnp.float32,
+    param_dtype=param_dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=_zeros(("embed",)),
+    name=name,
+  )(x_BxTxD.astype(jnp.float32))
+  return y.astype(dtype)
+
+
+class PositionalConv(nn.Module):
+  """Grouped 1-D convolution with weight norm, "same" padding and GELU.
+
+  Weight norm as PyTorch `weight_norm(conv, dim=2)`: one gain per kernel position,
+  kernel[k] = g[k] * v[k] / ||v[k]||, the norm over input and output channels. For even
+  kernels the last output frame is dropped (fairseq SamePad), so output length = input.
+
+  Attributes:
+    kernel_size: kernel width in frames (128 in wav2vec 2.0).
+    groups: convolution groups (16).
+    dtype: compute dtype of the convolution.
+    param_dtype: parameter dtype.
+  """
+
+  kernel_size: int
+  groups: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Returns GELU(conv(x) + bias), [B, T, D] in `dtype`."""
+    dim = x_BxTxD.shape[-1]
+    # fairseq: N(0, sqrt(4 / (k * D))), then weight norm whose gain starts at ||v||.
+    std = math.sqrt(4.0 / (self.kernel_size * dim))
+    weight_v_KxIxD = self.param(
+      "weight_v",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=std), ("conv", None, "embed")),
+      (self.kernel_size, dim // self.groups, dim),
+      self.param_dtype,
+    )
+    v_norm_K = jnp.sqrt(jnp.sum(jnp.square(weight_v_KxIxD.astype(jnp.float32)), axis=(1, 2)))
+    weight_g_K = self.param(
+      "weight_g",
+      nn.with_logical_partitioning(lambda rng, shape, dtype: v_norm_K.astype(dtype), ("conv",)),
+      (self.kernel_size,),
+      self.param_dtype,
+    )
+    bias_D = self.param("bias", _zeros(("embed",)), (dim,), self.param_dtype)
+    kernel_KxIxD = weight_v_KxIxD.astype(jnp.float32) * (weight_g_K / v_norm_K)[:, None, None]
+    pad = self.kernel_size // 2
+    y_BxTxD = jax.lax.conv_general_dilated(
+      x_BxTxD.astype(self.dtype),
+      kernel_KxIxD.astype(self.dtype),
+      window_strides=(1,),
+      padding=((pad, pad),),
+      dimension_numbers=("NWC", "WIO", "NWC"),
+      feature_group_count=self.groups,
+    )
+    y_BxTxD = y_BxTxD[:, : x_BxTxD.shape[1]]
+    y_BxTxD = y_BxTxD + bias_D.astype(self.dtype)
+    return nn.gelu(y_BxTxD, approximate=False)
+
+
+class HeadProjection(nn.Module):
+  """Affine map into or out of attention heads: einsum with a [D, H, K] or [H, K, D] kernel.
+
+  flax's DenseGeneral would do, but it initialises a flattened kernel and unboxes it
+  against the logical rules before reshaping, which fails under a mesh context.
+
+  Attributes:
+    kernel_shape: (D, H, K) into heads or (H, K, D) out of them.
+    into_heads: which of the two.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  kernel_shape: tuple[int, int, int]
+  into_heads: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, T, D] -> [B, T, H, K] into heads; [B, T, H, K] -> [B, T, D] out of them."""
+    if self.into_heads:
+      names, equation, out_dims = ("embed", "heads", "kv"), "btd,dhk->bthk", 2
+    else:
+      names, equation, out_dims = ("heads", "kv", "embed"), "bthk,hkd->btd", 1
+    kernel = self.param("kernel", _bert_init(names), self.kernel_shape, self.param_dtype)
+    bias = self.param(
+      "bias", _zeros(names[-out_dims:]), self.kernel_shape[-out_dims:], self.param_dtype
+    )
+    y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with q/k/v/out projections (with bias) and key padding.
+
+  Attributes:
+    num_heads: attention heads; head_dim = D / num_heads.
+    attention_dropout: dropout on attention probabilities.
+    dtype: compute dtype of the matmuls; the softmax runs in float32.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  attention_dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, x_BxTxD: jax.Array, paddings_BxT: jax.Array, *, deterministic: bool
+  ) -> jax.Array:
+    """Attends over the unpadded frames of each utterance; returns [B, T, D] in `dtype`."""
+    dim = x_BxTxD.shape[-1]
+    head_dim = dim // self.num_heads
+
+    def project(name):
+      return HeadProjection(
+        (dim, self.num_heads, head_dim), True, self.dtype, self.param_dtype, name=name
+      )(x_BxTxD)
+
+    # fairseq scales q after its projection (bias included).
+    q_BxTxHxK = project("query") * jnp.asarray(head_dim**-0.5, self.dtype)
+    k_BxTxHxK = project("key")
+    v_BxTxHxK = project("value")
+    logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
+    key_valid_Bx1x1xT = (paddings_BxT == 0)[:, None, None, :]
+    logits_BxHxTxT = jnp.where(key_valid_Bx1x1xT, logits_BxHxTxT, _MASKED_LOGIT)
+    probs_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)
+    probs_BxHxTxT = nn.Dropout(self.attention_dropout)(probs_BxHxTxT, deterministic=deterministic)
+    out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxK)
+    return HeadProjection(
+      (self.num_heads, head_dim, dim), False, self.dtype, self.param_dtype, name="out"
+    )(out_BxTxHxK)
+
+
+class TransformerLayer(nn.Module):
+  """fairseq TransformerSentenceEncoderLayer: self-attention and GELU FFN, post- or pre-LN.
+
+  Attributes:
+    num_heads: attention heads.
+    mlp_dim: feed-forward width.
+    layer_norm_first: pre-LN (True, wav2vec 2.0 Large) or post-LN (False, Base).
+    dropout: residual dropout (after attention and after the FFN).
+    attention_dropout: dropout on attention probabilities.
+    activation_dropout: dropout after the FFN activation.
+    dtype: compute dtype; norms and softmax run in float32.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  mlp_dim: int
+  layer_norm_first: bool = False
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, x_BxTxD: jax.Array, paddings_BxT: jax.Array, *, deterministic: bool
+  ) -> jax.Array:
+    """Applies the layer to [B, T, D]; padded frames are never attended to."""
+    dim = x_BxTxD.shape[-1]
+    x_BxTxD = x_BxTxD.astype(self.dtype)
+
+    residual_BxTxD = x_BxTxD
+    if self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "attention_norm", self.dtype, self.param_dtype)
+    x_BxTxD = SelfAttention(
+      self.num_heads,
+      self.attention_dropout,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="attention",
+    )(x_BxTxD, paddings_BxT, deterministic=deterministic)
+    x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=deterministic)
+    x_BxTxD = residual_BxTxD + x_BxTxD
+    if not self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "attention_norm", self.dtype, self.param_dtype)
+
+    residual_BxTxD = x_BxTxD
+    if self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "mlp_norm", self.dtype, self.param_dtype)
+    h_BxTxM = nn.Dense(
+      self.mlp_dim,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_bert_init(("embed", "mlp")),
+      bias_init=_zeros(("mlp",)),
+      name="fc1",
+    )(x_BxTxD)
+    h_BxTxM = nn.gelu(h_BxTxM, approximate=False)
+    h_BxTxM = nn.Dropout(self.activation_dropout)(h_BxTxM, deterministic=deterministic)
+    x_BxTxD = nn.Dense(
+      dim,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_bert_init(("mlp", "embed")),
+      bias_init=_zeros(("embed",)),
+      name="fc2",
+    )(h_BxTxM)
+    x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=deterministic)
+    x_BxTxD = residual_BxTxD + x_BxTxD
+    if not self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "mlp_norm", self.dtype, self.param_dtype)
+    return nn.with_logical_constraint(x_BxTxD, ("batch", "time", "embed"))
+
+
+class TransformerEncoder(nn.Module):
+  """fairseq wav2vec 2.0 TransformerEncoder.
+
+  post-LN: x += pos_conv(x); LayerNorm; dropout; layers.
+  pre-LN:  x += pos_conv(x); dropout; layers; LayerNorm.
+
+  Attributes:
+    num_layers: Transformer layers.
+    num_heads: attention heads.
+    mlp_dim: feed-forward width.
+    layer_norm_first: pre-LN (True) or post-LN (False).
+    pos_conv_kernel: positional convolution kernel (frames).
+    pos_conv_groups: positional convolution groups.
+    dropout: residual dropout, also applied to the encoder input.
+    attention_dropout: dropout on attention probabilities.
+    activation_dropout: dropout after the FFN activation.
+    layerdrop: probability of skipping a whole layer in training ('dropout' rng).
+    dtype: compute dtype; norms and softmax run in float32.
+    param_dtype: parameter dtype.
+  """
+
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  layer_norm_first: bool = False
+  pos_conv_kernel: int = 128
+  pos_conv_groups: int = 16
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  layerdrop: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BxTxD: jax.Array,
+    paddings_BxT: jax.Array,
+    *,
+    deterministic: bool,
+    return_all_layers: bool = False,
+  ):
+    """Encodes frames.
+
+    Args:
+      x_BxTxD: [B, T, D] input frames.
+      paddings_BxT: f32[B, T], 1.0 at padding.
+      deterministic: no dropout / layerdrop when True.
+      return_all_layers: also return the hidden states.
+
+    Returns:
+      [B, T, D] in `dtype`; with `return_all_layers`, (output, hidden states), a list of
+      num_layers + 1 arrays as Hugging Face's `output_hidden_states`: index 0 is the input
+      to the first layer, index i the output of layer i, the last one the encoder output
+      (after the final LayerNorm for pre-LN).
+    """
+    # Zeroed padding keeps the positional conv of valid frames independent of padding.
+    x_BxTxD = x_BxTxD.astype(self.dtype) * (1.0 - paddings_BxT)[:, :, None].astype(self.dtype)
+    x_BxTxD = x_BxTxD + PositionalConv(
+      self.pos_conv_kernel,
+      self.pos_conv_groups,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="pos_conv",
+    )(x_BxTxD)
+    if not self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "layer_norm", self.dtype, self.param_dtype)
+    x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=deterministic)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "time", "embed"))
+
+    hidden_states = [x_BxTxD]
+    for i in range(self.num_layers):
+      layer = TransformerLayer(
+        self.num_heads,
+        self.mlp_dim,
+        self.layer_norm_first,
+        self.dropout,
+        self.attention_dropout,
+        self.activation_dropout,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"layers_{i}",
+      )
+      if deterministic or self.layerdrop == 0.0 or self.is_initializing():
+        x_BxTxD = layer(x_BxTxD, paddings_BxT, deterministic=deterministic)
+      else:
+        # A lifted cond skips the layer's compute, forward and backward, when it is
+        # dropped (init takes the branch above: cond cannot create parameters).
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.layerdrop)
+        x_BxTxD = nn.cond(
+          keep,
+          lambda mdl, x: mdl(x, paddings_BxT, deterministic=False),
+          lambda mdl, x: x,
+          layer,
+          x_BxTxD,
+        )
+      hidden_states.append(x_BxTxD)
+
+    if self.layer_norm_first:
+      x_BxTxD = layer_norm(x_BxTxD, "layer_norm", self.dtype, self.param_dtype)
+      hidden_states[-1] = x_BxTxD
+    if return_all_layers:
+      return x_BxTxD, hidden_states
+    return x_BxTxD

@@ -1,0 +1,74 @@
+"""Orbax checkpoints of the train state and the input pipeline's position.
+
+Each checkpoint is one step directory holding two items: `state` (the sharded
+`TrainState`, written by every process for its own shards) and `data` (every process's
+input-pipeline position, gathered and written as JSON). Orbax writes into a temporary
+directory and renames it when complete, so a job killed at any moment, even during an
+asynchronous save, leaves the latest complete checkpoint intact.
+"""
+
+import os
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores `(TrainState, per-process data positions)` under `workdir`."""
+
+  def __init__(self, workdir: str, *, keep: int):
+    self._manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
+      item_names=("state", "data"),
+    )
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    """Starts an asynchronous save; `data_state` is this process's pipeline position."""
+    all_data_states = _gather_data_states(data_state)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"processes": all_data_states}),
+      ),
+    )
+
+  def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
+    """Restores step `step` into `shardings`; returns (state, this process's data state)."""
+    target = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+    )
+    processes = restored["data"]["processes"]
+    if len(processes) != jax.process_count():
+      raise ValueError(
+        f"checkpoint {step} holds input positions for {len(processes)} processes but this "
+        f"job has {jax.process_count()}; resume with the same number of processes"
+      )
+    return restored["state"], processes[jax.process_index()]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are complete."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _gather_data_states(data_state: dict) -> list[dict]:
+  """Every process's `{'position': int}`, in process order (a collective: all call it)."""
+  if jax.process_count() == 1:
+    return [data_state]
+  positions = multihost_utils.process_allgather(np.asarray([data_state["position"]]))
+  return [{"position": int(p)} for p in np.asarray(positions).reshape(-1)]

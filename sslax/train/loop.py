@@ -1,0 +1,120 @@
+"""The training loop: mesh -> data -> state -> step -> restore -> loop.
+
+One loop for every host: each process reads its own part of the data and feeds it to
+the same jitted, sharded step. Metrics of step N are read after step N+1 is dispatched,
+so the host never waits on the device except when saving.
+"""
+
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from sslax.data import pipeline
+from sslax.train import checkpoints, metrics, optim, sharding, wav2vec2_step
+from sslax.train import state as state_lib
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `workdir/config.json` atomically (primary process only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Pretrains wav2vec 2.0 as `config` says, resuming from workdir's latest checkpoint."""
+  write_config(config, workdir)
+  is_primary = jax.process_index() == 0
+
+  # ---- Mesh ------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  shards = sharding.data_parallel_size(mesh)
+  if config.data.batch_size % (shards * config.grad_accum_steps):
+    raise ValueError(
+      f"config.data.batch_size={config.data.batch_size} must be a multiple of the "
+      f"{shards} batch shards of mesh {dict(mesh.shape)} times "
+      f"config.grad_accum_steps={config.grad_accum_steps}"
+    )
+  logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
+
+  # ---- Data ------------------------------------------------------------------------
+  stream = pipeline.PretrainingStream(
+    config.data,
+    config.masking,
+    wav2vec2_step.frames_fn(config),
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+  # ---- State -----------------------------------------------------------------------
+  model = wav2vec2_step.build_model(config)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
+    wav2vec2_step.init_params_fn(model), tx, mesh
+  )
+  logging.info("%d parameters", state_lib.count_parameters(abstract_state.params))
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+
+  # ---- Step ------------------------------------------------------------------------
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  train_step = jax.jit(
+    wav2vec2_step.make_train_step(model, tx, schedule, config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
+
+  # ---- Restore ---------------------------------------------------------------------
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state = state_lib.init_state(init_fn, state_shardings, init_rng)
+    data_state = {"position": 0}
+  else:
+    state, data_state = checkpointer.restore(latest, abstract_state, state_shardings)
+    logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
+  step = int(jax.device_get(state.step))
+
+  # ---- Loop ------------------------------------------------------------------------
+  logger = metrics.MetricsLogger(
+    workdir, total_steps=config.total_steps, log_every=config.log_every, is_primary=is_primary
+  )
+  logger.truncate_after(step)
+  batches = stream.batches(data_state["position"])
+  pending = None  # (step, device metrics, data position) of a step, read one step late
+  with sharding.activate(mesh):
+    while step < config.total_steps:
+      host_batch, data_state = next(batches)
+      state, step_metrics = train_step(state, sharding.global_batch(host_batch, mesh), step_rng)
+      step += 1
+      if pending is not None:
+        _log(logger, *pending, checkpointer)
+      pending = (step, step_metrics, data_state["position"])
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        _log(logger, *pending, checkpointer)  # never checkpoint a non-finite step
+        pending = None
+        checkpointer.save(step, state, data_state)
+    if pending is not None:
+      _log(logger, *pending, checkpointer)
+  checkpointer.wait()
+  checkpointer.close()
+  logger.close()
+
+
+def _log(logger, step, device_metrics, data_position, checkpointer) -> None:
+  """Reads a finished step's metrics; stops on a non-finite loss, naming where to resume."""
+  host = jax.device_get(device_metrics)
+  if not np.isfinite(host["loss"]):
+    raise FloatingPointError(
+      f"loss is {host['loss']} at step {step}; the last good checkpoint is step "
+      f"{checkpointer.latest_step()} in the workdir"
+    )
+  logger.add(step, host, data_position)
