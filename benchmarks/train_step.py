@@ -11,11 +11,17 @@ and imports neither TensorFlow nor TFDS, so it runs on bare accelerator machines
 """
 
 import json
+import os
+import resource
 import statistics
 import sys
 import time
 
-from absl import app, flags
+# Config files import `configs.common`: make the repository root importable when this
+# file runs as a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402  (after the sys.path line)
 import jax
 from ml_collections import config_flags
 import numpy as np
@@ -105,6 +111,10 @@ def benchmark(config, steps: int, warmup: int) -> dict:
   device = jax.devices()[0]
   peak = peak_flops(device, config.compute_dtype)
   memory = device.memory_stats() or {}
+  if "peak_bytes_in_use" in memory:
+    peak_memory = {"peak_device_memory_gib": memory["peak_bytes_in_use"] / 2**30}
+  else:  # CPU backends keep no allocator statistics: report the process's peak RSS.
+    peak_memory = {"peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   return {
     "device": f"{jax.device_count()} x {device.device_kind}",
     "batch": f"{config.data.batch_size} x {config.data.max_samples} samples",
@@ -112,9 +122,10 @@ def benchmark(config, steps: int, warmup: int) -> dict:
     "step_seconds": step_seconds,
     "audio_seconds_per_second": audio_seconds / step_seconds,
     "model_tflops_per_step": model_flops / 1e12,
-    "xla_tflops_per_step": cost.get("flops", float("nan")) / 1e12,
+    # XLA costs the partitioned program, i.e. one device's share of the step.
+    "xla_tflops_per_step": cost.get("flops", float("nan")) * jax.device_count() / 1e12,
     "mfu": model_flops / step_seconds / (peak * jax.device_count()) if peak else None,
-    "peak_memory_gib": memory.get("peak_bytes_in_use", float("nan")) / 2**30,
+    **peak_memory,
     "compile_seconds": compile_seconds,
     "loss": float(metrics["loss"] / metrics["masked_frames"]),
   }

@@ -18,9 +18,9 @@ def get_config(arg=None):
   if arg not in (None, "tiny"):
     raise ValueError(f"configs/demo.py takes no argument or 'tiny', got {arg!r}")
   c = common.pretrain_config()
-  c.total_steps = 600
+  c.total_steps = 450
   c.log_every = 20
-  c.checkpoint_every = 200
+  c.checkpoint_every = 150
   c.compute_dtype = "float32"  # bf16 matmuls are slow on CPUs
   c.data.batch_size = 8
   c.data.max_samples = 80_080  # 250 frames, 5 s
@@ -35,7 +35,7 @@ def get_config(arg=None):
     final_dim=128,
   )
   c.optim.learning_rate = 1e-3
-  c.optim.warmup_steps = 60
+  c.optim.warmup_steps = 45
   c.gumbel.decay = 0.995  # reaches the end temperature within the short run
   if arg == "tiny":
     c.total_steps = 8

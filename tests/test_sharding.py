@@ -39,10 +39,9 @@ def synthetic_batch(config, seed=0):
   return {"audio": audio, "audio_paddings": paddings, "mask": mask}
 
 
-def run_steps(mesh_sizes, devices, num_steps=2, accum=1):
+def run_steps(mesh_sizes, devices, num_steps=2, **overrides):
   config = demo.get_config("tiny")
-  with config.unlocked():
-    config.grad_accum_steps = accum
+  config.update(overrides)
   mesh = sharding.make_mesh(mesh_sizes, devices)
   model = wav2vec2_step.build_model(config)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
@@ -86,6 +85,29 @@ def test_sharded_step_equals_single_device(shape, single_device_run):
   init = run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_steps=0)[1]
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ref_params, jax.device_get(init.params))
   assert max(jax.tree.leaves(moved)) > 100 * PARAM_ATOL
+
+
+def test_gradient_accumulation_is_sharding_invariant():
+  """Microbatches are taken as strided rows, so each device keeps its own rows."""
+  ref_losses, ref_state = run_steps(
+    dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], grad_accum_steps=2
+  )
+  losses, state = run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), grad_accum_steps=2)
+  np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAM_ATOL),
+    jax.device_get(state.params),
+    jax.device_get(ref_state.params),
+  )
+
+
+def test_bf16_compute_keeps_float32_state(single_device_run):
+  losses, state = run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), compute_dtype="bfloat16")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state.opt_state))
+  # bf16 matmuls (8-bit mantissa) move the loss, but only slightly.
+  assert losses != single_device_run[0]
+  np.testing.assert_allclose(losses, single_device_run[0], rtol=0.05)
 
 
 def test_parameters_are_sharded_as_the_rules_say():
