@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,3 +107,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_data_dir):
     assert m["loss"] == ref["loss"], (m["step"], m["loss"], ref["loss"])
     assert m["accuracy"] == ref["accuracy"]
     assert m["data_position"] == ref["data_position"]  # nothing skipped or repeated
+
+
+def test_non_finite_loss_stops_naming_step_and_checkpoint(tmp_path, demo_data_dir):
+  # Adam moves every parameter by about the learning rate: 1e30 overflows the forward pass.
+  result = run_main(str(tmp_path), demo_data_dir, "--config.optim.learning_rate=1e30", check=False)
+  assert result.returncode != 0
+  assert re.search(
+    r"FloatingPointError: loss is (nan|inf) at step \d+; the last good checkpoint: "
+    r"none was written yet",
+    result.stderr,
+  )

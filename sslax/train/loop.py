@@ -113,8 +113,9 @@ def _log(logger, step, device_metrics, data_position, checkpointer) -> None:
   """Reads a finished step's metrics; stops on a non-finite loss, naming where to resume."""
   host = jax.device_get(device_metrics)
   if not np.isfinite(host["loss"]):
+    latest = checkpointer.latest_step()
+    where = "none was written yet" if latest is None else f"step {latest} in the workdir"
     raise FloatingPointError(
-      f"loss is {host['loss']} at step {step}; the last good checkpoint is step "
-      f"{checkpointer.latest_step()} in the workdir"
+      f"loss is {host['loss']} at step {step}; the last good checkpoint: {where}"
     )
   logger.add(step, host, data_position)
