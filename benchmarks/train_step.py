@@ -28,7 +28,7 @@ import numpy as np
 
 from sslax import describe
 from sslax.data import masking
-from sslax.train import optim, sharding, wav2vec2_step
+from sslax.train import sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -78,23 +78,13 @@ def synthetic_batch(config) -> dict[str, np.ndarray]:
 
 def benchmark(config, steps: int, warmup: int) -> dict:
   mesh = sharding.make_mesh(config.mesh)
-  model = wav2vec2_step.build_model(config)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  trainer = wav2vec2_step.build_trainer(config, mesh)
   init_rng, step_rng = jax.random.split(jax.random.key(0))
-  state, shardings = state_lib.create_train_state(
-    wav2vec2_step.init_params_fn(model), tx, mesh, init_rng
-  )
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.jit(
-    wav2vec2_step.make_train_step(model, tx, schedule, config),
-    in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-    out_shardings=(shardings, replicated),
-    donate_argnums=0,
-  )
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
   with sharding.activate(mesh):
     batch = sharding.global_batch(synthetic_batch(config), mesh)
     start = time.perf_counter()
-    compiled = step.lower(state, batch, step_rng).compile()
+    compiled = trainer.step.lower(state, batch, step_rng).compile()
     compile_seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

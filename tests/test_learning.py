@@ -11,7 +11,7 @@ import numpy as np
 
 from configs import demo
 from sslax.data import pipeline
-from sslax.train import optim, sharding, wav2vec2_step
+from sslax.train import sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 
@@ -31,17 +31,13 @@ def test_tiny_model_fits_a_fixed_batch(demo_data_dir):
   )
   batch, _ = next(itertools.islice(stream.batches(), 1))
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  model = wav2vec2_step.build_model(config)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  state, _ = state_lib.create_train_state(
-    wav2vec2_step.init_params_fn(model), tx, mesh, jax.random.key(0)
-  )
-  step = jax.jit(wav2vec2_step.make_train_step(model, tx, schedule, config), donate_argnums=0)
+  trainer = wav2vec2_step.build_trainer(config, mesh)
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
   accuracies = []
   with sharding.activate(mesh):
     global_batch = sharding.global_batch(batch, mesh)
     for _ in range(100):
-      state, metrics = step(state, global_batch, jax.random.key(1))
+      state, metrics = trainer.step(state, global_batch, jax.random.key(1))
       accuracies.append(float(metrics["correct"] / metrics["masked_frames"]))
   chance = 1 / (config.objective.num_negatives + 1)
   assert np.mean(accuracies[:5]) < 3 * chance

@@ -43,24 +43,14 @@ def run_steps(mesh_sizes, devices, num_steps=2, **overrides):
   config = demo.get_config("tiny")
   config.update(overrides)
   mesh = sharding.make_mesh(mesh_sizes, devices)
-  model = wav2vec2_step.build_model(config)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  trainer = wav2vec2_step.build_trainer(config, mesh)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state, shardings = state_lib.create_train_state(
-    wav2vec2_step.init_params_fn(model), tx, mesh, init_rng
-  )
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.jit(
-    wav2vec2_step.make_train_step(model, tx, schedule, config),
-    in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-    out_shardings=(shardings, replicated),
-    donate_argnums=0,
-  )
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
   losses = []
   with sharding.activate(mesh):
     for i in range(num_steps):
       batch = sharding.global_batch(synthetic_batch(config, seed=i), mesh)
-      state, metrics = step(state, batch, step_rng)
+      state, metrics = trainer.step(state, batch, step_rng)
       losses.append(float(metrics["loss"] / metrics["masked_frames"]))
   return losses, state
 

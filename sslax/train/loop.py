@@ -1,4 +1,4 @@
-"""The training loop: mesh -> data -> state -> step -> restore -> loop.
+"""The training loop: mesh -> data -> state and step -> restore -> loop.
 
 One loop for every host: each process reads its own part of the data and feeds it to
 the same jitted, sharded step. Metrics of step N are read after step N+1 is dispatched,
@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from sslax.data import pipeline
-from sslax.train import checkpoints, metrics, optim, sharding, wav2vec2_step
+from sslax.train import checkpoints, metrics, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 
@@ -54,32 +54,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     process_count=jax.process_count(),
   )
 
-  # ---- State -----------------------------------------------------------------------
-  model = wav2vec2_step.build_model(config)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
-    wav2vec2_step.init_params_fn(model), tx, mesh
-  )
-  logging.info("%d parameters", state_lib.count_parameters(abstract_state.params))
+  # ---- State and step --------------------------------------------------------------
+  trainer = wav2vec2_step.build_trainer(config, mesh)
+  logging.info("%d parameters", state_lib.count_parameters(trainer.abstract_state.params))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-
-  # ---- Step ------------------------------------------------------------------------
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_step = jax.jit(
-    wav2vec2_step.make_train_step(model, tx, schedule, config),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-    out_shardings=(state_shardings, replicated),
-    donate_argnums=0,
-  )
 
   # ---- Restore ---------------------------------------------------------------------
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   latest = checkpointer.latest_step()
   if latest is None:
-    state = state_lib.init_state(init_fn, state_shardings, init_rng)
+    state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
     data_state = {"position": 0}
   else:
-    state, data_state = checkpointer.restore(latest, abstract_state, state_shardings)
+    state, data_state = checkpointer.restore(
+      latest, trainer.abstract_state, trainer.state_shardings
+    )
     logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
   step = int(jax.device_get(state.step))
 
@@ -93,7 +82,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   with sharding.activate(mesh):
     while step < config.total_steps:
       host_batch, data_state = next(batches)
-      state, step_metrics = train_step(state, sharding.global_batch(host_batch, mesh), step_rng)
+      batch = sharding.global_batch(host_batch, mesh)
+      state, step_metrics = trainer.step(state, batch, step_rng)
       step += 1
       if pending is not None:
         _log(logger, *pending, checkpointer)

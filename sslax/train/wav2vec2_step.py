@@ -7,6 +7,7 @@ normalisation by `sample_size` over accumulated updates.
 """
 
 from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ import optax
 
 from sslax.models import frontends, wav2vec2
 from sslax.objectives import wav2vec2 as objective
+from sslax.train import optim, sharding
 from sslax.train import state as state_lib
 
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
@@ -129,3 +131,40 @@ def make_train_step(
     return new_state, metrics
 
   return step
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Everything needed to run sharded updates of `config` on `mesh`.
+
+  init_fn: rng -> TrainState (jit it with `out_shardings=state_shardings`, or call
+    `state.init_state`).
+  abstract_state: the TrainState's shapes and dtypes, unallocated.
+  state_shardings: NamedShardings of the TrainState, from the logical rules.
+  step: jitted `(state, global batch, rng) -> (state, metrics)`, state donated; call it
+    inside `sharding.activate(mesh)`.
+  """
+
+  model: wav2vec2.Wav2Vec2
+  schedule: optax.Schedule
+  init_fn: Callable[[jax.Array], state_lib.TrainState]
+  abstract_state: state_lib.TrainState
+  state_shardings: Any
+  step: Any
+
+
+def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
+  """Model, optimizer, state shardings and the jitted step: one assembly for every user."""
+  model = build_model(config)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
+    init_params_fn(model), tx, mesh
+  )
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(
+    make_train_step(model, tx, schedule, config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
+  return Trainer(model, schedule, init_fn, abstract_state, state_shardings, step)
