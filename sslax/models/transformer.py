@@ -300,7 +300,8 @@ class TransformerEncoder(nn.Module):
       [B, T, D] in `dtype`; with `return_all_layers`, (output, hidden states), a list of
       num_layers + 1 arrays as Hugging Face's `output_hidden_states`: index 0 is the input
       to the first layer, index i the output of layer i, the last one the encoder output
-      (after the final LayerNorm for pre-LN).
+      (after the final LayerNorm for pre-LN: transformers 5 calls that `last_hidden_state`
+      and keeps the state before it in `hidden_states[-1]`).
     """
     # Zeroed padding keeps the positional conv of valid frames independent of padding.
     x_BxTxD = x_BxTxD.astype(self.dtype) * (1.0 - paddings_BxT)[:, :, None].astype(self.dtype)

@@ -32,6 +32,8 @@ class Wav2Vec2Output:
     prob_perplexity: f32[] quantizer softmax perplexity over masked, unpadded frames.
     code_perplexity: f32[] quantizer code perplexity over masked, unpadded frames.
     num_codevectors: G * V (python int).
+    hidden_states: with `return_hidden_states`, the encoder's num_layers + 1 hidden states
+      ([B, F, embed_dim] each, `TransformerEncoder(return_all_layers=True)`); else None.
   """
 
   projected: jax.Array
@@ -41,6 +43,7 @@ class Wav2Vec2Output:
   prob_perplexity: jax.Array
   code_perplexity: jax.Array
   num_codevectors: int = flax.struct.field(pytree_node=False)
+  hidden_states: list[jax.Array] | None = None
 
 
 def _torch_linear_init(names: tuple[str | None, ...]):
@@ -97,6 +100,7 @@ class Wav2Vec2(nn.Module):
     *,
     train: bool,
     gumbel_temperature,
+    return_hidden_states: bool = False,
   ) -> Wav2Vec2Output:
     """Runs the pretraining model.
 
@@ -106,6 +110,8 @@ class Wav2Vec2(nn.Module):
       mask_BxF: bool[B, F] frames to mask, F = frontends.num_frames(S, conv_layers).
       train: dropout, layerdrop and Gumbel sampling ('dropout', 'gumbel' rngs) when True.
       gumbel_temperature: Gumbel-softmax temperature for this step (scalar).
+      return_hidden_states: also return every encoder layer's hidden state (feature
+        extraction, Hugging Face parity).
 
     Returns:
       Wav2Vec2Output.
@@ -147,7 +153,7 @@ class Wav2Vec2(nn.Module):
     x_BxFxD = jnp.where(mask_BxF[:, :, None], mask_emb_D.astype(self.dtype), x_BxFxD)
     x_BxFxD = nn.with_logical_constraint(x_BxFxD, ("batch", "time", "embed"))
 
-    x_BxFxD = transformer.TransformerEncoder(
+    x_BxFxD, hidden_states = transformer.TransformerEncoder(
       self.num_layers,
       self.num_heads,
       self.mlp_dim,
@@ -161,7 +167,7 @@ class Wav2Vec2(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="encoder",
-    )(x_BxFxD, frame_paddings_BxF, deterministic=deterministic)
+    )(x_BxFxD, frame_paddings_BxF, deterministic=deterministic, return_all_layers=True)
     projected_BxFxP = self._dense(self.final_dim, ("embed", None), "final_proj")(x_BxFxD)
 
     vq_dim = self.latent_dim if self.latent_dim > 0 else self.final_dim
@@ -188,4 +194,5 @@ class Wav2Vec2(nn.Module):
       prob_perplexity=quantized.prob_perplexity,
       code_perplexity=quantized.code_perplexity,
       num_codevectors=quantized.num_codevectors,
+      hidden_states=hidden_states if return_hidden_states else None,
     )

@@ -1,0 +1,183 @@
+"""Per-layer hidden states of a wav2vec 2.0 checkpoint for audio files.
+
+Command (from the repository root):
+  python -m sslax.extract --checkpoint=PATH --audio=FILE_OR_DIR --layers=all --out=FEATS.npz
+
+PATH is an sslax checkpoint directory (layout in sslax/interop/checkpoint.py) or
+`hf:HF_DIR`, a transformers wav2vec 2.0 checkpoint imported on the fly. --audio is one
+16 kHz mono file or a directory searched recursively for .wav, .flac and .ogg files; the
+samples are fed as decoded (apply the normalisation the checkpoint was trained with first).
+
+FEATS.npz holds one f32[frames, embed_dim] array per utterance and layer, keyed
+'NAME/layer_I': NAME is the file's path under --audio without its extension (the file's
+stem for a single file); layer I as transformers' `output_hidden_states`, 0 the input to
+the first Transformer layer and num_layers the encoder output (after the final LayerNorm in
+pre-LN models). --layers is 'all' or comma-separated indices.
+
+Utterances run --batch_size at a time, right-padded to a multiple of --pad_multiple samples
+so that few shapes compile; padding does not change the results (sslax's group norm and
+attention skip padded frames), so each utterance gets what it would get alone.
+"""
+
+import os
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import soundfile
+
+from sslax.interop import checkpoint, hf
+from sslax.models import frontends, wav2vec2
+
+SAMPLE_RATE_HZ = 16_000
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+HF_PREFIX = "hf:"
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sslax checkpoint dir or hf:HF_DIR.")
+_AUDIO = flags.DEFINE_string("audio", None, "16 kHz audio file, or a directory of them.")
+_LAYERS = flags.DEFINE_string("layers", "all", "'all' or comma-separated layer indices.")
+_OUT = flags.DEFINE_string("out", None, "Output .npz file.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.")
+_PAD_MULTIPLE = flags.DEFINE_integer("pad_multiple", SAMPLE_RATE_HZ, "Pad lengths to this.")
+
+
+def load_model(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(model_config, params) of an sslax checkpoint directory or of `hf:HF_DIR`."""
+  if path.startswith(HF_PREFIX):
+    model_config, params, _ = hf.import_hf(path.removeprefix(HF_PREFIX))
+    return model_config, params
+  return checkpoint.load_sslax_checkpoint(path)
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+  """Hidden-state indices from 'all' or '0,6,12'; each in [0, num_layers]."""
+  if spec == "all":
+    return list(range(num_layers + 1))
+  layers = [int(i) for i in spec.split(",")]
+  bad = [i for i in layers if not 0 <= i <= num_layers]
+  if bad:
+    raise ValueError(f"--layers {bad} outside 0..{num_layers} (the model has {num_layers})")
+  return layers
+
+
+def list_audio(path: str) -> list[tuple[str, str]]:
+  """(name, file) for `path` itself or each audio file under it, sorted by name."""
+  if os.path.isfile(path):
+    return [(os.path.splitext(os.path.basename(path))[0], path)]
+  found = []
+  for root, _, files in os.walk(path):
+    for file in files:
+      if file.lower().endswith(AUDIO_EXTENSIONS):
+        full = os.path.join(root, file)
+        found.append((os.path.splitext(os.path.relpath(full, path))[0], full))
+  if not found:
+    raise FileNotFoundError(f"no {'/'.join(AUDIO_EXTENSIONS)} files under {path}")
+  return sorted(found)
+
+
+def read_audio(path: str) -> np.ndarray:
+  """f32[S] samples of a 16 kHz mono file."""
+  samples, rate = soundfile.read(path, dtype="float32")
+  if rate != SAMPLE_RATE_HZ or samples.ndim != 1:
+    raise ValueError(f"{path}: {rate} Hz, {samples.ndim}-D; wav2vec 2.0 needs 16 kHz mono")
+  return samples
+
+
+def extract(
+  model_config: ml_collections.ConfigDict,
+  params,
+  utterances: list[np.ndarray],
+  layers: list[int],
+  *,
+  batch_size: int,
+  pad_multiple: int,
+) -> list[dict[int, np.ndarray]]:
+  """Hidden states of each utterance alone.
+
+  Args:
+    model_config: `config.model` fields.
+    params: the Wav2Vec2 params tree.
+    utterances: f32[S_u] waveforms (16 kHz).
+    layers: hidden-state indices to keep (0..num_layers).
+    batch_size: utterances per forward pass (the last batch is padded with empty ones).
+    pad_multiple: batches are right-padded to a multiple of this many samples.
+
+  Returns:
+    Per utterance, {layer: f32[frames_u, embed_dim]}, frames_u = num_frames(S_u).
+  """
+  model = wav2vec2.Wav2Vec2(**model_config)
+
+  @jax.jit
+  def hidden_states(params, audio_BxS, paddings_BxS):
+    frames = frontends.num_frames(audio_BxS.shape[1], model_config.conv_layers)
+    out = model.apply(
+      {"params": params},
+      audio_BxS,
+      paddings_BxS,
+      jnp.zeros((audio_BxS.shape[0], frames), bool),
+      train=False,
+      gumbel_temperature=1.0,
+      return_hidden_states=True,
+    )
+    return [out.hidden_states[i] for i in layers]
+
+  results = []
+  for start in range(0, len(utterances), batch_size):
+    batch = utterances[start : start + batch_size]
+    longest = max(len(u) for u in batch)
+    num_samples = max(-(-longest // pad_multiple), 1) * pad_multiple
+    audio_BxS = np.zeros((batch_size, num_samples), np.float32)
+    paddings_BxS = np.ones((batch_size, num_samples), np.float32)
+    for b, u in enumerate(batch):
+      audio_BxS[b, : len(u)] = u
+      paddings_BxS[b, : len(u)] = 0.0
+    states = [np.asarray(h) for h in hidden_states(params, audio_BxS, paddings_BxS)]
+    for b, u in enumerate(batch):
+      frames = frontends.num_frames(len(u), model_config.conv_layers)
+      results.append({i: h[b, :frames] for i, h in zip(layers, states, strict=True)})
+  return results
+
+
+def run(
+  checkpoint_path: str,
+  audio_path: str,
+  layers_spec: str,
+  out_path: str,
+  *,
+  batch_size: int,
+  pad_multiple: int,
+) -> None:
+  """Writes the requested hidden states of every utterance under `audio_path` to `out_path`."""
+  model_config, params = load_model(checkpoint_path)
+  layers = parse_layers(layers_spec, model_config.num_layers)
+  named = list_audio(audio_path)
+  utterances = [read_audio(file) for _, file in named]
+  states = extract(
+    model_config, params, utterances, layers, batch_size=batch_size, pad_multiple=pad_multiple
+  )
+  arrays = {
+    f"{name}/layer_{i}": h
+    for (name, _), hidden in zip(named, states, strict=True)
+    for i, h in hidden.items()
+  }
+  np.savez(out_path, **arrays)
+  print(f"wrote {out_path}: {len(named)} utterances, layers {layers}")
+
+
+def main(argv):
+  del argv
+  run(
+    _CHECKPOINT.value,
+    _AUDIO.value,
+    _LAYERS.value,
+    _OUT.value,
+    batch_size=_BATCH_SIZE.value,
+    pad_multiple=_PAD_MULTIPLE.value,
+  )
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["checkpoint", "audio", "out"])
+  app.run(main)
