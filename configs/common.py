@@ -53,6 +53,8 @@ def pretrain_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2  # checkpoints kept in workdir/checkpoints
   c.compute_dtype = "bfloat16"  # activation dtype; parameters and optimizer state stay float32
   c.grad_accum_steps = 1  # microbatches per update (the global batch is split into them)
+  # Pretrained parameters for a fresh run: '' (none), 'hf:HF_DIR' or an sslax checkpoint dir.
+  c.init_from = ""
 
   # Device mesh: axis sizes, -1 takes the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -73,6 +73,12 @@ def save_sslax_checkpoint(path: str, model_config: ml_collections.ConfigDict, pa
   safetensors.numpy.save_file(tensors, os.path.join(path, PARAMS_FILE))
 
 
+def model_config_from_json(fields: dict) -> ml_collections.ConfigDict:
+  """`config.model` from its JSON form (JSON turns the conv layer tuples into lists)."""
+  fields = dict(fields, conv_layers=tuple(tuple(layer) for layer in fields["conv_layers"]))
+  return ml_collections.ConfigDict(fields)
+
+
 def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   """Reads a directory written by `save_sslax_checkpoint`: (model_config, numpy params tree).
 
@@ -80,9 +86,7 @@ def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
     ValueError: the parameters do not have the names and shapes the model fields imply.
   """
   with open(os.path.join(path, CONFIG_FILE)) as f:
-    fields = json.load(f)
-  fields["conv_layers"] = tuple(tuple(layer) for layer in fields["conv_layers"])
-  model_config = ml_collections.ConfigDict(fields)
+    model_config = model_config_from_json(json.load(f))
   tensors = safetensors.numpy.load_file(os.path.join(path, PARAMS_FILE))
   expected = param_shapes(model_config)
   missing = sorted(set(expected) - set(tensors))

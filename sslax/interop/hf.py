@@ -22,7 +22,8 @@ sslax therefore gives what transformers gives for each utterance run alone, unpa
 Command line:
   python -m sslax.interop.hf import --from HF_DIR --to SSLAX_DIR [--seed 0]
   python -m sslax.interop.hf export --from SSLAX_DIR --to HF_DIR
-SSLAX_DIR is an sslax checkpoint directory (sslax/interop/checkpoint.py gives its layout).
+SSLAX_DIR is an sslax checkpoint directory (sslax/interop/checkpoint.py gives its layout)
+or a training workdir (`sslax.main --workdir`), whose latest checkpoint is exported.
 """
 
 import argparse
@@ -38,6 +39,7 @@ import numpy as np
 import safetensors.numpy
 
 from sslax.interop import checkpoint
+from sslax.train import checkpoints
 
 # The transformers `Wav2Vec2Config` defaults of every field read here; a config.json may
 # leave out fields at their default.
@@ -497,6 +499,11 @@ def main(argv: list[str]) -> None:
     model_config, params, fresh = import_hf(args.source, seed=args.seed)
     checkpoint.save_sslax_checkpoint(args.target, model_config, params)
     print(f"wrote {args.target}; initialised afresh: {', '.join(fresh) or 'nothing'}")
+  elif os.path.isdir(os.path.join(args.source, "checkpoints")):  # a training workdir
+    with open(os.path.join(args.source, "config.json")) as f:
+      model_config = checkpoint.model_config_from_json(json.load(f)["model"])
+    export_hf(args.target, model_config, checkpoints.load_params(args.source))
+    print(f"wrote {args.target}")
   else:
     model_config, params = checkpoint.load_sslax_checkpoint(args.source)
     export_hf(args.target, model_config, params)

@@ -66,6 +66,31 @@ class Checkpointer:
     self._manager.close()
 
 
+def load_params(workdir: str, step: int | None = None) -> Any:
+  """The float32 parameters of a training checkpoint, as numpy on the host (no mesh needed).
+
+  `step` defaults to the latest complete checkpoint in `workdir/checkpoints`.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  params_metadata = checkpointer.metadata(path).item_metadata.tree["params"]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_metadata)
+  restored = checkpointer.restore(
+    path,
+    args=ocp.args.PyTreeRestore(
+      item={"params": params_metadata},
+      restore_args={"params": restore_args},
+      partial_restore=True,
+    ),
+  )
+  return restored["params"]
+
+
 def _gather_data_states(data_state: dict) -> list[dict]:
   """Every process's `{'position': int}`, in process order (a collective: all call it)."""
   if jax.process_count() == 1:

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from sslax.data import pipeline
-from sslax.train import checkpoints, metrics, sharding, wav2vec2_step
+from sslax.train import checkpoints, init_from, metrics, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 
@@ -65,6 +65,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   if latest is None:
     state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
     data_state = {"position": 0}
+    if config.init_from:
+      params, newly_initialised = init_from.initial_params(
+        state.params, trainer.state_shardings.params, config.init_from
+      )
+      state = state.replace(params=params)
+      logging.info(
+        "initialised from %s; newly initialised: %s", config.init_from, newly_initialised
+      )
   else:
     state, data_state = checkpointer.restore(
       latest, trainer.abstract_state, trainer.state_shardings

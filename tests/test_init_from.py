@@ -1,0 +1,90 @@
+"""Starting pretraining from an sslax or Hugging Face checkpoint (`config.init_from`)."""
+
+import os
+import subprocess
+import sys
+
+import flax.traverse_util
+import numpy as np
+import pytest
+
+from configs import demo
+from sslax.interop import checkpoint, hf
+from sslax.train import checkpoints, init_from
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_merge_loads_what_exists_and_lists_the_rest():
+  fresh = {"a": {"kernel": np.zeros((2, 3))}, "head": {"kernel": np.zeros((3,))}}
+  loaded = {"a/kernel": np.ones((2, 3)), "unused/bias": np.ones(4)}
+  params, newly = init_from.merge(fresh, loaded, "SRC")
+  np.testing.assert_array_equal(params["a"]["kernel"], np.ones((2, 3)))
+  np.testing.assert_array_equal(params["head"]["kernel"], np.zeros(3))
+  assert newly == ["head/kernel"]
+
+
+def test_merge_rejects_a_shape_mismatch_naming_the_parameter():
+  with pytest.raises(ValueError, match="a/kernel"):
+    init_from.merge({"a": {"kernel": np.zeros((2, 3))}}, {"a/kernel": np.ones((3, 3))}, "SRC")
+  with pytest.raises(ValueError, match="shares no parameter"):
+    init_from.merge({"a": {"kernel": np.zeros(2)}}, {"b": np.ones(2)}, "SRC")
+
+
+def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
+  """The first step of a run from a checkpoint uses exactly the checkpoint's parameters."""
+  model_config = demo.get_config("tiny").model
+  source = checkpoint.init_params(model_config, seed=123)
+  source_dir = str(tmp_path / "pretrained")
+  checkpoint.save_sslax_checkpoint(source_dir, model_config, source)
+  workdir = str(tmp_path / "run")
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslax.main",
+      "--config=configs/demo.py:tiny",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={demo_data_dir}",
+      f"--config.init_from={source_dir}",
+      "--config.total_steps=1",
+      "--config.optim.warmup_steps=1",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"initialised from {source_dir}; newly initialised: []" in result.stderr
+  # Step 1 has learning rate 0 (warmup starts at 0): the saved parameters are the source's.
+  restored = checkpoints.load_params(workdir)
+  flat_source = flax.traverse_util.flatten_dict(source, sep="/")
+  flat_restored = flax.traverse_util.flatten_dict(restored, sep="/")
+  assert flat_source.keys() == flat_restored.keys()
+  for path, value in flat_source.items():
+    np.testing.assert_array_equal(flat_restored[path], value, err_msg=path)
+
+  # The training workdir exports to transformers' format and reads back unchanged.
+  hf_dir = str(tmp_path / "hf")
+  subprocess.run(
+    [sys.executable, "-m", "sslax.interop.hf", "export", "--from", workdir, "--to", hf_dir],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+  )
+  exported, _ = init_from.load_source(f"hf:{hf_dir}")
+  for path, value in flat_source.items():
+    np.testing.assert_array_equal(exported[path], value, err_msg=path)
+
+
+def test_load_source_reads_a_hugging_face_checkpoint(tmp_path):
+  model_config = demo.get_config("tiny").model
+  params = checkpoint.init_params(model_config, seed=7)
+  hf.export_hf(str(tmp_path), model_config, params)
+  loaded, fresh = init_from.load_source(f"hf:{tmp_path}")
+  assert fresh == []
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  assert loaded.keys() == flat.keys()
+  for path, value in flat.items():
+    np.testing.assert_array_equal(loaded[path], value, err_msg=path)
