@@ -3,6 +3,7 @@
 # with its own fake CPU devices: the multi-host code path without a cluster.
 #
 #   launch/local.sh NUM_PROCESSES DEVICES_PER_PROCESS --config=configs/demo.py --workdir=DIR
+# (PYTHON selects the interpreter, SSLAX_COORDINATOR_PORT the port.)
 set -euo pipefail
 num_processes=$1
 devices_per_process=$2
@@ -12,7 +13,7 @@ pids=()
 for ((i = 0; i < num_processes; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=${devices_per_process}" \
     JAX_PLATFORMS=cpu \
-    python -m sslax.main "$@" \
+    "${PYTHON:-python}" -m sslax.main "$@" \
     --coordinator_address="127.0.0.1:${port}" \
     --num_processes="${num_processes}" \
     --process_id="${i}" &
