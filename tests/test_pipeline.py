@@ -13,14 +13,23 @@ from sslax.models import frontends
 CONV = common.WAV2VEC2_CONV_LAYERS
 
 
-def make_stream(data_dir, *, process_index=0, process_count=1, normalize=False, seed=0):
+def make_stream(
+  data_dir,
+  *,
+  batch_size=4,
+  process_index=0,
+  process_count=1,
+  normalize=False,
+  seed=0,
+  min_samples=16_000,
+):
   data = common.pretrain_config().data
   data.update(
     dict(
       data_dir=data_dir,
-      batch_size=4 * process_count,
+      batch_size=batch_size,
       max_samples=48_080,
-      min_samples=16_000,
+      min_samples=min_samples,
       normalize=normalize,
     )
   )
@@ -42,7 +51,7 @@ def take(stream, n, start=0):
 def test_batches_have_static_shapes_and_consistent_paddings(demo_data_dir):
   stream = make_stream(demo_data_dir)
   F = frontends.num_frames(48_080, CONV)
-  for batch, state in take(stream, 6):
+  for i, (batch, state) in enumerate(take(stream, 6)):
     assert batch["audio"].shape == (4, 48_080) and batch["audio"].dtype == np.float32
     assert batch["audio_paddings"].shape == (4, 48_080)
     assert batch["mask"].shape == (4, F) and batch["mask"].dtype == bool
@@ -57,7 +66,7 @@ def test_batches_have_static_shapes_and_consistent_paddings(demo_data_dir):
       valid = frontends.num_frames(int(n), CONV)
       assert not mask_row[valid:].any()
       assert 0.25 < mask_row[:valid].mean() < 0.75
-    assert state["position"] >= 4
+    assert state["position"] == i + 1  # global batches consumed
   # require_same_masks: same masked count in every row.
   assert len(set(batch["mask"].sum(1))) == 1
 
@@ -78,27 +87,40 @@ def test_stream_is_deterministic_and_resumes_exactly(demo_data_dir):
   assert not np.array_equal(other_seed[0][0]["audio"], first[0][0]["audio"])
 
 
-def test_processes_read_disjoint_parts_that_cover_the_split(demo_data_dir):
-  streams = [make_stream(demo_data_dir, process_index=i, process_count=3) for i in range(3)]
-  for epoch in (0, 1):
-    parts = [set(s.epoch_indices(epoch).tolist()) for s in streams]
-    assert sum(len(p) for p in parts) == len(set().union(*parts))  # disjoint
-    assert set().union(*parts) == set(range(streams[0]._num_examples))  # covering
-  # Epochs are reshuffled.
-  assert not np.array_equal(streams[0].epoch_indices(0), streams[0].epoch_indices(1))
-  # What a process yields comes from its own part: the first rows are its first examples.
-  batch, _ = take(streams[1], 1)[0]
-  source = streams[1]._source
-  for row, index in zip(batch["audio"], streams[1].epoch_indices(0), strict=False):
+def test_processes_split_the_same_global_batches_whatever_their_number(demo_data_dir):
+  whole = make_stream(demo_data_dir, batch_size=12)
+  parts = [
+    make_stream(demo_data_dir, batch_size=12, process_index=i, process_count=3) for i in range(3)
+  ]
+  for k in (0, 1, 7):
+    expected = whole.host_batch(k)
+    rows = [part.host_batch(k) for part in parts]
+    for key in expected:
+      np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), expected[key])
+  # An epoch of stream positions holds every usable example once, and only those.
+  usable = whole._usable
+  epoch = [whole.example_index(p) for p in range(len(usable))]
+  assert sorted(epoch) == sorted(usable.tolist())
+  assert not np.array_equal(whole.epoch_indices(0), whole.epoch_indices(1))  # reshuffled
+  # The lengths index is right, and row r of batch k is a crop of example batch_indices(k)[r].
+  source = whole._source
+  batch = whole.host_batch(0)
+  for row, index in list(zip(batch["audio"], whole.batch_indices(0), strict=True))[:4]:
     raw = np.asarray(source[int(index)]["speech"]).astype(np.float32) / 32768.0
-    if raw.shape[0] < 16_000:
-      continue
+    assert raw.size == whole._lengths[index]
     n = min(raw.shape[0], 48_080)
-    # The row is a crop of the raw example: find where it starts.
     k = int(np.flatnonzero(np.abs(row) > 1e-3)[0])
     starts = np.flatnonzero(raw[k : len(raw) - n + 1 + k] == row[k])
     assert any(np.array_equal(raw[s : s + n], row[:n]) for s in starts)
-    break
+
+
+def test_utterances_below_min_samples_never_appear(demo_data_dir):
+  stream = make_stream(demo_data_dir, min_samples=48_000)
+  short = np.flatnonzero(stream._lengths < 48_000)
+  assert 0 < len(short) < len(stream._lengths)
+  assert not set(short.tolist()) & set(stream.epoch_indices(0).tolist())
+  for batch, _ in take(stream, 3):
+    assert ((1 - batch["audio_paddings"]).sum(1) >= 48_000).all()
 
 
 def test_normalize_gives_zero_mean_unit_variance_per_utterance(demo_data_dir):

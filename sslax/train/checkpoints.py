@@ -1,8 +1,8 @@
 """Orbax checkpoints of the train state and the input pipeline's position.
 
 Each checkpoint is one step directory holding two items: `state` (the sharded
-`TrainState`, written by every process for its own shards) and `data` (every process's
-input-pipeline position, gathered and written as JSON). Orbax writes into a temporary
+`TrainState`, written by every process for its own shards) and `data` (the input
+pipeline's position, the same on every process, as JSON). Orbax writes into a temporary
 directory and renames it when complete, so a job killed at any moment, even during an
 asynchronous save, leaves the latest complete checkpoint intact.
 """
@@ -11,13 +11,12 @@ import os
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves and restores `(TrainState, per-process data positions)` under `workdir`."""
+  """Saves and restores `(TrainState, input position)` under `workdir`."""
 
   def __init__(self, workdir: str, *, keep: int):
     self._manager = ocp.CheckpointManager(
@@ -31,18 +30,16 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
-    """Starts an asynchronous save; `data_state` is this process's pipeline position."""
-    all_data_states = _gather_data_states(data_state)
+    """Starts an asynchronous save of the state and the pipeline position `data_state`."""
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"processes": all_data_states}),
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
       ),
     )
 
   def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
-    """Restores step `step` into `shardings`; returns (state, this process's data state)."""
+    """Restores step `step` into `shardings` (any mesh); returns (state, data state)."""
     target = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
     )
@@ -50,13 +47,7 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
     )
-    processes = restored["data"]["processes"]
-    if len(processes) != jax.process_count():
-      raise ValueError(
-        f"checkpoint {step} holds input positions for {len(processes)} processes but this "
-        f"job has {jax.process_count()}; resume with the same number of processes"
-      )
-    return restored["state"], processes[jax.process_index()]
+    return restored["state"], restored["data"]
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are complete."""
@@ -89,11 +80,3 @@ def load_params(workdir: str, step: int | None = None) -> Any:
     ),
   )
   return restored["params"]
-
-
-def _gather_data_states(data_state: dict) -> list[dict]:
-  """Every process's `{'position': int}`, in process order (a collective: all call it)."""
-  if jax.process_count() == 1:
-    return [data_state]
-  positions = multihost_utils.process_allgather(np.asarray([data_state["position"]]))
-  return [{"position": int(p)} for p in np.asarray(positions).reshape(-1)]
