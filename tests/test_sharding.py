@@ -10,7 +10,7 @@ import pytest
 
 from configs import demo
 from sslax.data import masking
-from sslax.train import optim, sharding, wav2vec2_step
+from sslax.train import sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 # float32 on CPU: sharded reductions add in a different order than one device does.
@@ -103,12 +103,9 @@ def test_bf16_compute_keeps_float32_state(single_device_run):
 def test_parameters_are_sharded_as_the_rules_say():
   config = demo.get_config("tiny")
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  model = wav2vec2_step.build_model(config)
-  tx, _ = optim.make_optimizer(config.optim, config.total_steps)
-  boxed = jax.eval_shape(wav2vec2_step.init_params_fn(model), jax.random.key(0))
-  state, _ = state_lib.create_train_state(
-    wav2vec2_step.init_params_fn(model), tx, mesh, jax.random.key(0)
-  )
+  trainer = wav2vec2_step.build_trainer(config, mesh)
+  boxed = jax.eval_shape(wav2vec2_step.init_params_fn(trainer.model), jax.random.key(0))
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
   rules = dict(sharding.LOGICAL_AXIS_RULES)
   sharded_leaves = 0
   for path, box in jax.tree_util.tree_flatten_with_path(

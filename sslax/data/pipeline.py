@@ -76,9 +76,14 @@ def split_lengths(builder: tfds.core.DatasetBuilder, split: str, source, audio_k
   path = os.path.join(os.fspath(builder.data_dir), f"sslax_lengths_{name}.npy")
 
   def compute_and_write() -> None:
-    lengths = np.asarray([np.asarray(source[i][audio_key]).size for i in range(len(source))])
+    lengths = np.zeros(len(source), np.int64)
+    for i in range(len(source)):
+      try:
+        lengths[i] = np.asarray(source[i][audio_key]).size
+      except Exception as error:
+        raise RuntimeError(f"cannot decode example {i} of {builder.name}:{split}") from error
     tmp = f"{path}.tmp{jax.process_index()}.npy"
-    np.save(tmp, lengths.astype(np.int64))
+    np.save(tmp, lengths)
     os.replace(tmp, path)
 
   if not os.path.exists(path) and jax.process_index() == 0:

@@ -55,17 +55,6 @@ def abstract_state_and_shardings(
   return init_fn, nn.meta.unbox(boxed), shardings
 
 
-def create_train_state(
-  init_params: Callable[[jax.Array], Any],
-  tx: optax.GradientTransformation,
-  mesh: jax.sharding.Mesh,
-  rng: jax.Array,
-) -> tuple[TrainState, Any]:
-  """Initialises the state directly into its shardings; returns (state, shardings)."""
-  init_fn, _, shardings = abstract_state_and_shardings(init_params, tx, mesh)
-  return init_state(init_fn, shardings, rng), shardings
-
-
 def init_state(init_fn: Callable[[jax.Array], TrainState], shardings: Any, rng: jax.Array):
   """Runs `init_fn` jitted straight into `shardings`.
 
