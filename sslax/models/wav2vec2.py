@@ -10,14 +10,12 @@ Attributes are exactly the fields of `config.model` (configs/common.py) plus `dt
 equal Hugging Face `Wav2Vec2ForPreTraining`: Base 95,044,608, Large 317,390,592.
 """
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sslax.models import frontends, quantizers, transformer
+from sslax.models import backbone, quantizers
 
 
 @flax.struct.dataclass
@@ -46,50 +44,14 @@ class Wav2Vec2Output:
   hidden_states: list[jax.Array] | None = None
 
 
-def _torch_linear_init(names: tuple[str | None, ...]):
-  # PyTorch nn.Linear's default, U(+-1/sqrt(fan_in)), used by fairseq for the projections
-  # outside the Transformer.
-  return nn.with_logical_partitioning(
-    nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), names
-  )
-
-
-class Wav2Vec2(nn.Module):
+class Wav2Vec2(backbone.Backbone, kw_only=True):
   """wav2vec 2.0 (Baevski et al. 2020) as fairseq publishes it; fields as `config.model`."""
 
-  conv_layers: Sequence[tuple[int, int, int]]
-  extractor_mode: str
-  conv_bias: bool
-  embed_dim: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  layer_norm_first: bool
-  pos_conv_kernel: int
-  pos_conv_groups: int
-  dropout: float
-  attention_dropout: float
-  activation_dropout: float
-  dropout_input: float
   dropout_features: float
-  layerdrop: float
-  feature_grad_mult: float
   final_dim: int
   latent_vars: int
   latent_groups: int
   latent_dim: int
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-
-  def _dense(self, features: int, names: tuple[str | None, ...], name: str) -> nn.Dense:
-    return nn.Dense(
-      features,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=_torch_linear_init(names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]),
-      name=name,
-    )
 
   @nn.compact
   def __call__(
@@ -117,59 +79,11 @@ class Wav2Vec2(nn.Module):
       Wav2Vec2Output.
     """
     deterministic = not train
-    features_BxFxC, frame_paddings_BxF = frontends.WaveformFrontend(
-      self.conv_layers,
-      self.extractor_mode,
-      self.conv_bias,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="frontend",
-    )(audio_BxS, audio_paddings_BxS)
-    # fairseq GradMultiply: identity forward, gradient into the extractor scaled by m
-    # (m = 0 freezes it). Written so the forward value is exactly the features.
-    frozen_BxFxC = jax.lax.stop_gradient(features_BxFxC)
-    features_BxFxC = frozen_BxFxC + self.feature_grad_mult * (features_BxFxC - frozen_BxFxC)
+    shared = self.encode(audio_BxS, audio_paddings_BxS, mask_BxF, deterministic=deterministic)
+    projected_BxFxP = self.dense(self.final_dim, ("embed", None), "final_proj")(shared.encoded)
 
-    valid_BxF = 1.0 - frame_paddings_BxF
-    channels = features_BxFxC.shape[-1]
-    squares = jnp.sum(jnp.square(features_BxFxC.astype(jnp.float32)) * valid_BxF[:, :, None])
-    feature_penalty = squares / jnp.maximum(jnp.sum(valid_BxF) * channels, 1.0)
-
-    features_BxFxC = transformer.layer_norm(
-      features_BxFxC, "feature_norm", self.dtype, self.param_dtype
-    )
-    unmasked_BxFxC = nn.Dropout(self.dropout_features)(features_BxFxC, deterministic=deterministic)
-    # fairseq has post_extract_proj only when the widths differ.
-    x_BxFxD = features_BxFxC
-    if channels != self.embed_dim:
-      x_BxFxD = self._dense(self.embed_dim, (None, "embed"), "post_extract_proj")(x_BxFxD)
-    x_BxFxD = nn.Dropout(self.dropout_input)(x_BxFxD, deterministic=deterministic)
-    mask_emb_D = self.param(
-      "mask_emb",
-      nn.with_logical_partitioning(nn.initializers.uniform(scale=1.0), ("embed",)),
-      (self.embed_dim,),
-      self.param_dtype,
-    )
-    x_BxFxD = jnp.where(mask_BxF[:, :, None], mask_emb_D.astype(self.dtype), x_BxFxD)
-    x_BxFxD = nn.with_logical_constraint(x_BxFxD, ("batch", "time", "embed"))
-
-    x_BxFxD, hidden_states = transformer.TransformerEncoder(
-      self.num_layers,
-      self.num_heads,
-      self.mlp_dim,
-      self.layer_norm_first,
-      self.pos_conv_kernel,
-      self.pos_conv_groups,
-      self.dropout,
-      self.attention_dropout,
-      self.activation_dropout,
-      self.layerdrop,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="encoder",
-    )(x_BxFxD, frame_paddings_BxF, deterministic=deterministic, return_all_layers=True)
-    projected_BxFxP = self._dense(self.final_dim, ("embed", None), "final_proj")(x_BxFxD)
-
+    unmasked_BxFxC = nn.Dropout(self.dropout_features)(shared.features, deterministic=deterministic)
+    valid_BxF = 1.0 - shared.frame_paddings
     vq_dim = self.latent_dim if self.latent_dim > 0 else self.final_dim
     quantized = quantizers.GumbelProductQuantizer(
       self.latent_groups,
@@ -184,15 +98,15 @@ class Wav2Vec2(nn.Module):
       deterministic=deterministic,
       temperature=gumbel_temperature,
     )
-    targets_BxFxP = self._dense(self.final_dim, (None, None), "project_q")(quantized.quantized)
+    targets_BxFxP = self.dense(self.final_dim, (None, None), "project_q")(quantized.quantized)
 
     return Wav2Vec2Output(
       projected=projected_BxFxP.astype(jnp.float32),
       targets=targets_BxFxP.astype(jnp.float32),
-      frame_paddings=frame_paddings_BxF,
-      feature_penalty=feature_penalty,
+      frame_paddings=shared.frame_paddings,
+      feature_penalty=shared.feature_penalty,
       prob_perplexity=quantized.prob_perplexity,
       code_perplexity=quantized.code_perplexity,
       num_codevectors=quantized.num_codevectors,
-      hidden_states=hidden_states if return_hidden_states else None,
+      hidden_states=shared.hidden_states if return_hidden_states else None,
     )

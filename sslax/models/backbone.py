@@ -1,0 +1,167 @@
+"""The part every sslax speech model shares: waveform -> frames -> masked Transformer.
+
+fairseq's Wav2Vec2Model and HubertModel, and Hugging Face's `Wav2Vec2Model` (which
+`Wav2Vec2ForPreTraining`, `HubertModel` and `Wav2Vec2ForCTC` wrap), run the same path:
+
+  conv features -> feature_grad_mult -> feature penalty -> LayerNorm -> post_extract_proj
+  -> dropout_input -> time mask (mask_emb) and channel mask (zeros) -> Transformer.
+
+`Backbone` holds its fields and `encode()`; a model subclasses it (`kw_only=True`) and
+calls `self.encode(...)` from its compact `__call__`, so the shared parameters keep the
+same flat names in every model ('frontend', 'feature_norm', 'post_extract_proj',
+'mask_emb', 'encoder') and a pretrained checkpoint loads into a fine-tuning model as is.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sslax.models import frontends, transformer
+
+
+@flax.struct.dataclass
+class BackboneOutput:
+  """What `Backbone.encode` returns.
+
+  Attributes:
+    features: f32[B, F, C] layer-normed conv features before post_extract_proj and any
+      masking (the quantizer's input in wav2vec 2.0), in the compute dtype.
+    encoded: [B, F, embed_dim] the Transformer's output, in the compute dtype.
+    hidden_states: the Transformer's num_layers + 1 hidden states ([B, F, embed_dim]
+      each; index 0 is its input) as Hugging Face's `output_hidden_states`.
+    frame_paddings: f32[B, F], 1.0 at padding.
+    feature_penalty: f32[] mean of squared conv features over unpadded frames and channels.
+  """
+
+  features: jax.Array
+  encoded: jax.Array
+  hidden_states: list[jax.Array]
+  frame_paddings: jax.Array
+  feature_penalty: jax.Array
+
+
+def _torch_linear_init(names: tuple[str | None, ...]):
+  # PyTorch nn.Linear's default, U(+-1/sqrt(fan_in)), used by fairseq for the projections
+  # outside the Transformer.
+  return nn.with_logical_partitioning(
+    nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), names
+  )
+
+
+class Backbone(nn.Module):
+  """Fields of the shared path; the names and meanings of `config.model` (configs/common.py)."""
+
+  conv_layers: Sequence[tuple[int, int, int]]
+  extractor_mode: str
+  conv_bias: bool
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  layer_norm_first: bool
+  pos_conv_kernel: int
+  pos_conv_groups: int
+  dropout: float
+  attention_dropout: float
+  activation_dropout: float
+  dropout_input: float
+  layerdrop: float
+  feature_grad_mult: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def dense(self, features: int, names: tuple[str | None, ...], name: str) -> nn.Dense:
+    """A Dense layer initialised as PyTorch's nn.Linear, with logical axis `names`."""
+    return nn.Dense(
+      features,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_torch_linear_init(names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]),
+      name=name,
+    )
+
+  def encode(
+    self,
+    audio_BxS: jax.Array,
+    audio_paddings_BxS: jax.Array,
+    mask_BxF: jax.Array | None,
+    *,
+    deterministic: bool,
+    channel_mask_BxD: jax.Array | None = None,
+  ) -> BackboneOutput:
+    """Runs the shared path; call from a subclass's compact `__call__`.
+
+    Args:
+      audio_BxS: f32[B, S] 16 kHz waveform, right-padded.
+      audio_paddings_BxS: f32[B, S], 1.0 at padding.
+      mask_BxF: bool[B, F] frames replaced by the learned mask embedding, F =
+        frontends.num_frames(S, conv_layers); None masks nothing (no 'mask_emb' is then
+        created, as in a model that never masks).
+      deterministic: no dropout or layerdrop when True; else needs the 'dropout' rng.
+      channel_mask_BxD: bool[B, embed_dim] channels zeroed at every frame (fine-tuning's
+        mask_channel, fairseq `apply_mask`); None zeroes nothing.
+    """
+    features_BxFxC, frame_paddings_BxF = frontends.WaveformFrontend(
+      self.conv_layers,
+      self.extractor_mode,
+      self.conv_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="frontend",
+    )(audio_BxS, audio_paddings_BxS)
+    # fairseq GradMultiply: identity forward, gradient into the extractor scaled by m
+    # (m = 0 freezes it). Written so the forward value is exactly the features.
+    frozen_BxFxC = jax.lax.stop_gradient(features_BxFxC)
+    features_BxFxC = frozen_BxFxC + self.feature_grad_mult * (features_BxFxC - frozen_BxFxC)
+
+    valid_BxF = 1.0 - frame_paddings_BxF
+    channels = features_BxFxC.shape[-1]
+    squares = jnp.sum(jnp.square(features_BxFxC.astype(jnp.float32)) * valid_BxF[:, :, None])
+    feature_penalty = squares / jnp.maximum(jnp.sum(valid_BxF) * channels, 1.0)
+
+    features_BxFxC = transformer.layer_norm(
+      features_BxFxC, "feature_norm", self.dtype, self.param_dtype
+    )
+    # fairseq has post_extract_proj only when the widths differ.
+    x_BxFxD = features_BxFxC
+    if channels != self.embed_dim:
+      x_BxFxD = self.dense(self.embed_dim, (None, "embed"), "post_extract_proj")(x_BxFxD)
+    x_BxFxD = nn.Dropout(self.dropout_input)(x_BxFxD, deterministic=deterministic)
+    if mask_BxF is not None:
+      mask_emb_D = self.param(
+        "mask_emb",
+        nn.with_logical_partitioning(nn.initializers.uniform(scale=1.0), ("embed",)),
+        (self.embed_dim,),
+        self.param_dtype,
+      )
+      x_BxFxD = jnp.where(mask_BxF[:, :, None], mask_emb_D.astype(self.dtype), x_BxFxD)
+    if channel_mask_BxD is not None:
+      x_BxFxD = jnp.where(channel_mask_BxD[:, None, :], jnp.zeros((), self.dtype), x_BxFxD)
+    x_BxFxD = nn.with_logical_constraint(x_BxFxD, ("batch", "time", "embed"))
+
+    x_BxFxD, hidden_states = transformer.TransformerEncoder(
+      self.num_layers,
+      self.num_heads,
+      self.mlp_dim,
+      self.layer_norm_first,
+      self.pos_conv_kernel,
+      self.pos_conv_groups,
+      self.dropout,
+      self.attention_dropout,
+      self.activation_dropout,
+      self.layerdrop,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="encoder",
+    )(x_BxFxD, frame_paddings_BxF, deterministic=deterministic, return_all_layers=True)
+    return BackboneOutput(
+      features=features_BxFxC,
+      encoded=x_BxFxD,
+      hidden_states=hidden_states,
+      frame_paddings=frame_paddings_BxF,
+      feature_penalty=feature_penalty,
+    )
