@@ -56,8 +56,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
   # Pretrained parameters for a fresh run: '' (none), 'hf:HF_DIR' or an sslax checkpoint dir.
   c.init_from = ""
 
-  # Device mesh: axis sizes, -1 takes the remaining devices.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Device mesh: axis sizes over all devices, -1 takes the remaining devices; dcn_data is
+  # how many slices (TPU multi-slice) or nodes (GPU, one process each) `data` spans.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
 
   c.data = ml_collections.ConfigDict(
     dict(

@@ -20,6 +20,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+  "local_device_ids",
+  None,
+  "GPUs this process drives (e.g. 0,1,2,3,4,5,6,7 for one process per node); by default "
+  "JAX gives each SLURM task the GPU of its local rank.",
+)
 
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -39,6 +45,7 @@ def main(argv: list[str]) -> None:
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
+      local_device_ids=[int(i) for i in _LOCAL_DEVICE_IDS.value or []] or None,
     )
   config = _CONFIG.value
   logging.info("job %s, process %d/%d", config.job, jax.process_index(), jax.process_count())

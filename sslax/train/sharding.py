@@ -38,12 +38,16 @@ LOGICAL_AXIS_RULES = (
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   """Resolves `{'data': -1, 'fsdp': 2, 'tensor': 1}`-style sizes against a device count.
 
-  At most one axis may be -1; it takes the devices the others leave.
+  At most one axis may be -1; it takes the devices the others leave. An optional
+  `dcn_data` (slices the data axis spans, see `make_mesh`) is not part of the shape:
+  the sizes are those of the whole mesh with `data` counted across slices.
   Raises ValueError naming the field when the sizes cannot tile `num_devices`.
   """
-  unknown = set(axis_sizes) - set(MESH_AXES)
+  unknown = set(axis_sizes) - set(MESH_AXES) - {"dcn_data"}
   if unknown:
-    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    raise ValueError(
+      f"config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES} (+ dcn_data)"
+    )
   sizes = [int(axis_sizes[name]) for name in MESH_AXES]
   free = [i for i, s in enumerate(sizes) if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -64,20 +68,57 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
   return tuple(sizes)
 
 
+def _granules(devices: Sequence[jax.Device]) -> dict[int, int]:
+  """Devices per DCN granule: TPU slices (`slice_index`), else processes (GPU nodes)."""
+  counts: dict[int, int] = {}
+  for d in devices:
+    key = getattr(d, "slice_index", None)
+    key = d.process_index if key is None else key
+    counts[key] = counts.get(key, 0) + 1
+  return counts
+
+
+def device_grid(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device]) -> np.ndarray:
+  """The devices arranged as the `('data', 'fsdp', 'tensor')` mesh (see `make_mesh`).
+
+  Within a slice, `mesh_utils.create_device_mesh` orders devices by their physical
+  topology on TPUs, so the innermost (`tensor`) axis gets the fastest links and each
+  `fsdp` group is a compact block of the torus. With `dcn_data = n > 1` the mesh spans n
+  granules joined by the data-centre network (TPU slices; on GPU clusters, processes:
+  run one per node): `data` is split into n outer blocks, one per granule, so only the
+  data-parallel gradient reduction crosses DCN (`create_hybrid_device_mesh`).
+  """
+  shape = mesh_shape(axis_sizes, len(devices))
+  dcn_data = int(axis_sizes.get("dcn_data", 1))
+  if dcn_data == 1:
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  granules = _granules(devices)
+  if len(granules) != dcn_data or shape[0] % dcn_data:
+    raise ValueError(
+      f"config.mesh.dcn_data={dcn_data}: the devices form {len(granules)} slices (or "
+      f"processes) and config.mesh.data resolves to {shape[0]}; dcn_data must equal "
+      "the slice count and divide data"
+    )
+  return mesh_utils.create_hybrid_device_mesh(
+    (shape[0] // dcn_data, *shape[1:]),
+    (dcn_data, 1, 1),
+    devices,
+    process_is_granule=not hasattr(devices[0], "slice_index"),
+    allow_split_physical_axes=True,
+  )
+
+
 def make_mesh(
   axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None
 ) -> jax.sharding.Mesh:
   """Builds the `('data', 'fsdp', 'tensor')` mesh over `devices` (default: all devices).
 
-  `mesh_utils.create_device_mesh` orders devices by their physical topology on TPUs, so
-  the innermost (`tensor`) axis gets the fastest links. Axes are `Auto`, so
-  `with_sharding_constraint` and logical constraints work inside jit.
+  The layout is `device_grid`'s. Axes are `Auto`, so `with_sharding_constraint` and
+  logical constraints work inside jit.
   """
   devices = jax.devices() if devices is None else list(devices)
-  shape = mesh_shape(axis_sizes, len(devices))
-  device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=auto)
+  return jax.sharding.Mesh(device_grid(axis_sizes, devices), MESH_AXES, axis_types=auto)
 
 
 @contextlib.contextmanager
