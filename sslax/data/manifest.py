@@ -1,0 +1,209 @@
+"""Builds a TFDS dataset from a user's own audio: a folder, or fairseq-style manifests.
+
+  python -m sslax.data.manifest --name=my_corpus --data_dir=/data/tfds \
+    --split=train=/data/manifests/train.tsv --split=dev=/data/my_audio/dev
+
+then train with `--config.data.name=my_corpus --config.data.data_dir=/data/tfds`.
+
+A split's source is either
+* a fairseq manifest (`wav2vec_manifest.py`'s .tsv): the first line is the audio root,
+  then one `relative/path<TAB>num_samples` line per file; transcripts, if any, come from
+  the `.wrd` file beside it (same stem, one line of words per manifest line), or
+* a folder, searched recursively for .wav/.flac/.ogg files (sorted); a transcript, if
+  any, is the `.txt` file beside each audio file (same stem).
+
+Every file is decoded once (soundfile), mixed down to mono, resampled to 16 kHz when it
+is not (librosa, soxr_hq) and stored as int16 like TFDS's `librispeech`: features `id`
+(the path relative to the root, without extension: the key HuBERT unit shards use),
+`speech` and `text` ('' without a transcript). The result is an ordinary prepared TFDS
+dataset in ArrayRecord files, read back by `tfds.builder(name, data_dir=...)` with no
+code of ours.
+
+A file that cannot be read is skipped, named in a warning and listed, with the reason,
+in `sslax_skipped_<split>.tsv` beside the dataset (or, with `on_error='raise'`, stops the
+build naming it); nothing is dropped silently. A malformed manifest line is an error
+naming the file and line.
+"""
+
+from collections.abc import Iterator, Mapping
+import dataclasses
+import os
+
+from absl import app, flags, logging
+import librosa
+import numpy as np
+import soundfile
+import tensorflow_datasets as tfds
+
+SAMPLE_RATE = 16_000  # Hz, what every sslax model expects
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+VERSION = "1.0.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One audio file of a split: its key, path and transcript (None when there is none)."""
+
+  key: str
+  path: str
+  text: str | None
+
+
+def read_fairseq_manifest(path: str) -> list[Entry]:
+  """Entries of a fairseq .tsv manifest, with transcripts from a `.wrd` file beside it."""
+  with open(path) as f:
+    lines = f.read().splitlines()
+  if not lines:
+    raise ValueError(f"{path}: empty manifest; the first line must be the audio root")
+  root = lines[0].strip()
+  relative_paths = []
+  for number, line in enumerate(lines[1:], start=2):
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) != 2 or not fields[1].strip().isdigit():
+      raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
+    relative_paths.append(fields[0])
+  words_path = os.path.splitext(path)[0] + ".wrd"
+  texts: list[str | None] = [None] * len(relative_paths)
+  if os.path.exists(words_path):
+    with open(words_path) as f:
+      texts = f.read().splitlines()
+    if len(texts) != len(relative_paths):
+      raise ValueError(
+        f"{words_path} has {len(texts)} lines but {path} lists {len(relative_paths)} files"
+      )
+  return [
+    Entry(os.path.splitext(rel)[0], os.path.join(root, rel), text)
+    for rel, text in zip(relative_paths, texts, strict=True)
+  ]
+
+
+def scan_folder(folder: str) -> list[Entry]:
+  """Audio files under `folder` (sorted), with transcripts from `.txt` files beside them."""
+  entries = []
+  for directory, _, names in os.walk(folder):
+    for name in names:
+      stem, extension = os.path.splitext(name)
+      if extension.lower() not in AUDIO_EXTENSIONS:
+        continue
+      path = os.path.join(directory, name)
+      text_path = os.path.join(directory, stem + ".txt")
+      text = None
+      if os.path.exists(text_path):
+        with open(text_path) as f:
+          text = " ".join(f.read().split())
+      entries.append(Entry(os.path.splitext(os.path.relpath(path, folder))[0], path, text))
+  if not entries:
+    raise ValueError(f"{folder}: no {'/'.join(AUDIO_EXTENSIONS)} files found")
+  return sorted(entries, key=lambda e: e.key)
+
+
+def read_entries(source: str) -> list[Entry]:
+  """A split's entries from a manifest file or a folder."""
+  if os.path.isdir(source):
+    return scan_folder(source)
+  if os.path.isfile(source):
+    return read_fairseq_manifest(source)
+  raise FileNotFoundError(f"{source}: neither a manifest file nor a folder")
+
+
+def decode(path: str) -> np.ndarray:
+  """int16[num_samples] mono 16 kHz audio of a file, resampled when needed."""
+  samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  samples = samples.mean(axis=1)
+  if samples.size == 0:
+    raise ValueError("no samples")
+  if rate != SAMPLE_RATE:
+    samples = librosa.resample(samples, orig_sr=rate, target_sr=SAMPLE_RATE)
+  return np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+
+
+def _examples(
+  entries: list[Entry], skipped: list[tuple[str, str]], on_error: str
+) -> Iterator[tuple[str, dict]]:
+  for entry in entries:
+    try:
+      speech = decode(entry.path)
+    except Exception as error:  # soundfile raises several types for bad files
+      if on_error == "raise":
+        raise ValueError(f"{entry.path}: cannot decode audio ({error})") from error
+      logging.warning("skipping %s: cannot decode audio (%s)", entry.path, error)
+      skipped.append((entry.path, str(error).replace("\t", " ").replace("\n", " ")))
+      continue
+    yield entry.key, {"id": entry.key, "speech": speech, "text": entry.text or ""}
+
+
+def build(
+  name: str, splits: Mapping[str, str], data_dir: str, *, on_error: str = "skip"
+) -> tfds.core.DatasetBuilder:
+  """Builds dataset `name` in `data_dir` from {split: manifest file or folder}.
+
+  Returns the prepared builder. `on_error` is 'skip' (list unreadable files in
+  `sslax_skipped_<split>.tsv`) or 'raise'.
+  """
+  if on_error not in ("skip", "raise"):
+    raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+  entries = {split: read_entries(source) for split, source in splits.items()}
+  for split, split_entries in entries.items():
+    keys = [e.key for e in split_entries]
+    if len(set(keys)) != len(keys):
+      raise ValueError(f"split {split!r} ({splits[split]}) lists the same file twice")
+  skipped = {split: [] for split in splits}
+  features = tfds.features.FeaturesDict(
+    {
+      "id": tfds.features.Text(),
+      "speech": tfds.features.Audio(shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE),
+      "text": tfds.features.Text(),
+    }
+  )
+  builder = tfds.dataset_builders.store_as_tfds_dataset(
+    name=name,
+    version=VERSION,
+    features=features,
+    split_datasets={
+      split: _examples(split_entries, skipped[split], on_error)
+      for split, split_entries in entries.items()
+    },
+    data_dir=data_dir,
+    description=f"Audio from {dict(splits)}, built by sslax.data.manifest.",
+    file_format="array_record",
+    disable_shuffling=True,  # keep the manifest's order
+  )
+  for split, rows in skipped.items():
+    if rows:
+      path = os.path.join(os.fspath(builder.data_dir), f"sslax_skipped_{split}.tsv")
+      with open(path + ".tmp", "w") as f:
+        f.writelines(f"{p}\t{reason}\n" for p, reason in rows)
+      os.replace(path + ".tmp", path)
+      logging.warning("%s: %d unreadable files skipped, listed in %s", split, len(rows), path)
+  return builder
+
+
+_NAME = flags.DEFINE_string("name", None, "Dataset name (then config.data.name).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (then config.data.data_dir).")
+_SPLITS = flags.DEFINE_multi_string(
+  "split", None, "SPLIT=SOURCE, SOURCE a fairseq .tsv manifest or a folder; repeatable."
+)
+_ON_ERROR = flags.DEFINE_enum(
+  "on_error", "skip", ["skip", "raise"], "Unreadable files: skip and list them, or stop."
+)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  splits = {}
+  for spec in _SPLITS.value:
+    split, sep, source = spec.partition("=")
+    if not sep or not split or not source:
+      raise app.UsageError(f"--split={spec!r}: expected SPLIT=SOURCE")
+    splits[split] = source
+  builder = build(_NAME.value, splits, _DATA_DIR.value, on_error=_ON_ERROR.value)
+  for split, info in builder.info.splits.items():
+    logging.info("%s: %d examples", split, info.num_examples)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["name", "data_dir", "split"])
+  app.run(main)

@@ -1,0 +1,119 @@
+"""A user's own audio (a folder or fairseq manifests) becomes a TFDS dataset sslax reads."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import tensorflow_datasets as tfds
+
+from sslax.data import manifest, pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tone(seconds, rate, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * rate)) / rate
+  mono = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.normal(size=t.size)
+  return np.stack([mono] * channels, axis=1) if channels > 1 else mono
+
+
+@pytest.fixture
+def audio_root(tmp_path):
+  """Five files: wav, flac, stereo, 8 kHz, and one that is not audio at all."""
+  root = tmp_path / "audio"
+  (root / "spk1").mkdir(parents=True)
+  (root / "spk2").mkdir()
+  soundfile.write(root / "spk1" / "a.wav", tone(1.0, 16_000), 16_000, subtype="PCM_16")
+  soundfile.write(root / "spk1" / "b.flac", tone(0.5, 16_000, seed=1), 16_000)
+  soundfile.write(root / "spk2" / "c.wav", tone(0.25, 16_000, channels=2), 16_000)
+  soundfile.write(root / "spk2" / "d.wav", tone(0.5, 8_000), 8_000, subtype="PCM_16")
+  (root / "spk2" / "e.wav").write_bytes(b"RIFF not really a wave file")
+  (root / "spk1" / "a.txt").write_text("HELLO  WORLD\n")
+  return root
+
+
+def read_split(data_dir, name, split):
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  return {ex["id"].decode(): ex for ex in builder.as_data_source(split=split)}
+
+
+def test_folder_becomes_a_dataset_and_bad_files_are_listed(tmp_path, audio_root):
+  data_dir = tmp_path / "tfds"
+  manifest.build("my_corpus", {"train": str(audio_root)}, str(data_dir))
+  examples = read_split(data_dir, "my_corpus", "train")
+
+  assert sorted(examples) == ["spk1/a", "spk1/b", "spk2/c", "spk2/d"]
+  # 16-bit PCM comes back sample for sample.
+  written, _ = soundfile.read(audio_root / "spk1" / "a.wav", dtype="int16")
+  np.testing.assert_array_equal(examples["spk1/a"]["speech"], written)
+  assert examples["spk1/a"]["text"] == b"HELLO WORLD"
+  assert examples["spk1/b"]["text"] == b""
+  assert examples["spk2/c"]["speech"].shape == (4_000,)  # stereo mixed down
+  # 8 kHz resampled to 16 kHz: twice the samples, same tone.
+  resampled = examples["spk2/d"]["speech"].astype(np.float32) / 32768
+  assert resampled.shape == (8_000,)
+  spectrum = np.abs(np.fft.rfft(resampled))
+  assert abs(np.argmax(spectrum) * 16_000 / resampled.size - 220) < 3
+
+  skipped = (data_dir / "my_corpus" / "1.0.0" / "sslax_skipped_train.tsv").read_text()
+  assert skipped.startswith(str(audio_root / "spk2" / "e.wav") + "\t")
+
+  # The input pipeline opens it like any TFDS audio dataset.
+  builder, audio_key = pipeline.open_split("my_corpus", "train", str(data_dir))
+  assert audio_key == "speech" and builder.info.splits["train"].num_examples == 4
+
+
+def test_fairseq_manifest_with_word_transcripts(tmp_path, audio_root):
+  tsv = tmp_path / "train.tsv"
+  tsv.write_text(f"{audio_root}\nspk1/a.wav\t16000\nspk2/c.wav\t4000\n")
+  (tmp_path / "train.wrd").write_text("HELLO WORLD\nGOOD MORNING\n")
+  data_dir = tmp_path / "tfds"
+  manifest.build("fs_corpus", {"train": str(tsv)}, str(data_dir))
+  examples = read_split(data_dir, "fs_corpus", "train")
+  assert {k: v["text"] for k, v in examples.items()} == {
+    "spk1/a": b"HELLO WORLD",
+    "spk2/c": b"GOOD MORNING",
+  }
+
+
+def test_errors_name_the_file(tmp_path, audio_root):
+  bad = tmp_path / "bad.tsv"
+  bad.write_text(f"{audio_root}\nspk1/a.wav 16000\n")
+  with pytest.raises(ValueError, match=r"bad.tsv:2: expected"):
+    manifest.build("bad", {"train": str(bad)}, str(tmp_path / "tfds"))
+
+  tsv = tmp_path / "train.tsv"
+  tsv.write_text(f"{audio_root}\nspk1/a.wav\t16000\nspk2/c.wav\t4000\n")
+  (tmp_path / "train.wrd").write_text("ONLY ONE LINE\n")
+  with pytest.raises(ValueError, match=r"train.wrd has 1 lines but .*train.tsv lists 2"):
+    manifest.build("short", {"train": str(tsv)}, str(tmp_path / "tfds"))
+
+  with pytest.raises(ValueError, match=r"e.wav: cannot decode audio"):
+    manifest.build("strict", {"train": str(audio_root)}, str(tmp_path / "t2"), on_error="raise")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    manifest.build("none", {"train": str(tmp_path / "nowhere")}, str(tmp_path / "t3"))
+
+
+def test_command_line(tmp_path, audio_root):
+  data_dir = tmp_path / "tfds"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslax.data.manifest",
+      "--name=cli_corpus",
+      f"--data_dir={data_dir}",
+      f"--split=train={audio_root / 'spk1'}",
+      f"--split=dev={audio_root / 'spk2'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(read_split(data_dir, "cli_corpus", "train")) == ["a", "b"]
+  assert sorted(read_split(data_dir, "cli_corpus", "dev")) == ["c", "d"]
