@@ -25,20 +25,77 @@ def _zeros(names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(nn.initializers.zeros, names)
 
 
-def layer_norm(x_BxTxD: jax.Array, name: str, dtype: jnp.dtype, param_dtype: jnp.dtype):
+def layer_norm(
+  x_BxTxD: jax.Array,
+  name: str,
+  dtype: jnp.dtype,
+  param_dtype: jnp.dtype,
+  axis_name: str = "embed",
+):
   """LayerNorm over the last axis computed in float32, cast back to `dtype`.
 
-  Call only inside a compact method: it creates the submodule `name` there.
+  Call only inside a compact method: it creates the submodule `name` there. `axis_name`
+  is the logical name of the normalised axis (its scale and bias).
   """
   y = nn.LayerNorm(
     epsilon=NORM_EPSILON,
     dtype=jnp.float32,
     param_dtype=param_dtype,
-    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-    bias_init=_zeros(("embed",)),
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+    bias_init=_zeros((axis_name,)),
     name=name,
   )(x_BxTxD.astype(jnp.float32))
   return y.astype(dtype)
+
+
+def dense(
+  features: int,
+  names: tuple[str | None, str | None],
+  name: str,
+  dtype: jnp.dtype,
+  param_dtype: jnp.dtype,
+) -> nn.Dense:
+  """nn.Dense with fairseq's BERT init (kernel N(0, 0.02), bias 0) and logical names.
+
+  `names` names the kernel's (input, output) axes; the bias takes the output's name.
+  """
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=_bert_init(names),
+    bias_init=_zeros(names[-1:]),
+    name=name,
+  )
+
+
+def attend(
+  q_BxTxHxK: jax.Array,
+  k_BxTxHxK: jax.Array,
+  v_BxTxHxK: jax.Array,
+  paddings_BxT: jax.Array,
+  *,
+  dropout: float,
+  deterministic: bool,
+  logit_bias_BxHxTxT: jax.Array | None = None,
+) -> jax.Array:
+  """Softmax attention of (already scaled) queries over the unpadded keys of each row.
+
+  logits = q . k (+ logit_bias) in float32, padded keys masked out, softmax, dropout on
+  the probabilities, then the probability-weighted values in the dtype of `q`. Call only
+  inside a compact method: it creates the Dropout submodule there.
+
+  Returns:
+    [B, T, H, K] attention outputs.
+  """
+  logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
+  if logit_bias_BxHxTxT is not None:
+    logits_BxHxTxT = logits_BxHxTxT + logit_bias_BxHxTxT.astype(jnp.float32)
+  key_valid_Bx1x1xT = (paddings_BxT == 0)[:, None, None, :]
+  logits_BxHxTxT = jnp.where(key_valid_Bx1x1xT, logits_BxHxTxT, _MASKED_LOGIT)
+  probs_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)
+  probs_BxHxTxT = nn.Dropout(dropout)(probs_BxHxTxT, deterministic=deterministic)
+  return jnp.einsum("bhqt,bthk->bqhk", probs_BxHxTxT.astype(q_BxTxHxK.dtype), v_BxTxHxK)
 
 
 class PositionalConv(nn.Module):
@@ -106,12 +163,14 @@ class HeadProjection(nn.Module):
     into_heads: which of the two.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    use_bias: whether the map has a bias.
   """
 
   kernel_shape: tuple[int, int, int]
   into_heads: bool
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -121,10 +180,12 @@ class HeadProjection(nn.Module):
     else:
       names, equation, out_dims = ("heads", "kv", "embed"), "bthk,hkd->btd", 1
     kernel = self.param("kernel", _bert_init(names), self.kernel_shape, self.param_dtype)
+    y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
     bias = self.param(
       "bias", _zeros(names[-out_dims:]), self.kernel_shape[-out_dims:], self.param_dtype
     )
-    y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
@@ -160,12 +221,14 @@ class SelfAttention(nn.Module):
     q_BxTxHxK = project("query") * jnp.asarray(head_dim**-0.5, self.dtype)
     k_BxTxHxK = project("key")
     v_BxTxHxK = project("value")
-    logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
-    key_valid_Bx1x1xT = (paddings_BxT == 0)[:, None, None, :]
-    logits_BxHxTxT = jnp.where(key_valid_Bx1x1xT, logits_BxHxTxT, _MASKED_LOGIT)
-    probs_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)
-    probs_BxHxTxT = nn.Dropout(self.attention_dropout)(probs_BxHxTxT, deterministic=deterministic)
-    out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxK)
+    out_BxTxHxK = attend(
+      q_BxTxHxK,
+      k_BxTxHxK,
+      v_BxTxHxK,
+      paddings_BxT,
+      dropout=self.attention_dropout,
+      deterministic=deterministic,
+    )
     return HeadProjection(
       (self.num_heads, head_dim, dim), False, self.dtype, self.param_dtype, name="out"
     )(out_BxTxHxK)
@@ -220,24 +283,10 @@ class TransformerLayer(nn.Module):
     residual_BxTxD = x_BxTxD
     if self.layer_norm_first:
       x_BxTxD = layer_norm(x_BxTxD, "mlp_norm", self.dtype, self.param_dtype)
-    h_BxTxM = nn.Dense(
-      self.mlp_dim,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=_bert_init(("embed", "mlp")),
-      bias_init=_zeros(("mlp",)),
-      name="fc1",
-    )(x_BxTxD)
+    h_BxTxM = dense(self.mlp_dim, ("embed", "mlp"), "fc1", self.dtype, self.param_dtype)(x_BxTxD)
     h_BxTxM = nn.gelu(h_BxTxM, approximate=False)
     h_BxTxM = nn.Dropout(self.activation_dropout)(h_BxTxM, deterministic=deterministic)
-    x_BxTxD = nn.Dense(
-      dim,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=_bert_init(("mlp", "embed")),
-      bias_init=_zeros(("embed",)),
-      name="fc2",
-    )(h_BxTxM)
+    x_BxTxD = dense(dim, ("mlp", "embed"), "fc2", self.dtype, self.param_dtype)(h_BxTxM)
     x_BxTxD = nn.Dropout(self.dropout)(x_BxTxD, deterministic=deterministic)
     x_BxTxD = residual_BxTxD + x_BxTxD
     if not self.layer_norm_first:
