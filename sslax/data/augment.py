@@ -1,0 +1,133 @@
+"""Wav2Vec-Aug style waveform augmentation (Sriram et al. 2022), applied per utterance.
+
+Each transform takes and returns f32[num_samples] 16 kHz audio and draws from a numpy
+Generator the caller seeds (the pipeline seeds it by the example's global position, so
+augmentation is reproducible and resumes exactly). `augment` chains them, each applied
+with its own probability, in the order: speed, gain, additive noise. Pretraining configs
+that match the papers leave every probability at 0.
+
+Noise comes from a bank of noise clips (e.g. MUSAN read through `sslax.data.manifest`)
+or, with no bank, is generated: white, pink (1/f power) or brown (1/f^2) noise.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+
+import librosa
+import numpy as np
+
+SAMPLE_RATE = 16_000  # Hz
+COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # exponent of 1/f in the power spectrum
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Probabilities and ranges (the fields of `config.data.augment`).
+
+  Attributes:
+    speed_prob: chance of a speed change by a factor drawn from `speed_factors`.
+    speed_factors: e.g. (0.9, 1.0, 1.1) as Kaldi's speed perturbation.
+    gain_prob: chance of a gain drawn uniformly from `gain_db` = (low, high) dB.
+    gain_db: range of the gain.
+    noise_prob: chance of additive noise at an SNR drawn uniformly from `snr_db`.
+    snr_db: (low, high) signal-to-noise ratio in dB.
+    noise_colours: colours generated when there is no noise bank ('white', 'pink',
+      'brown').
+  """
+
+  speed_prob: float = 0.0
+  speed_factors: Sequence[float] = (0.9, 1.0, 1.1)
+  gain_prob: float = 0.0
+  gain_db: tuple[float, float] = (-6.0, 6.0)
+  noise_prob: float = 0.0
+  snr_db: tuple[float, float] = (5.0, 20.0)
+  noise_colours: Sequence[str] = ("white", "pink", "brown")
+
+  def __post_init__(self):
+    for name in ("speed_prob", "gain_prob", "noise_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"config.data.augment.{name}={getattr(self, name)} is not in [0, 1]")
+    unknown = set(self.noise_colours) - set(COLOURS)
+    if unknown:
+      raise ValueError(
+        f"config.data.augment.noise_colours has {sorted(unknown)}; expected {sorted(COLOURS)}"
+      )
+    if any(f <= 0 for f in self.speed_factors):
+      raise ValueError(f"config.data.augment.speed_factors={self.speed_factors} must be > 0")
+
+  @property
+  def enabled(self) -> bool:
+    return max(self.speed_prob, self.gain_prob, self.noise_prob) > 0
+
+
+def coloured_noise(rng: np.random.Generator, num_samples: int, colour: str) -> np.ndarray:
+  """f32[num_samples] zero-mean, unit-variance noise whose power falls as 1/f^exponent."""
+  exponent = COLOURS[colour]
+  spectrum = rng.normal(size=num_samples // 2 + 1) + 1j * rng.normal(size=num_samples // 2 + 1)
+  frequencies = np.fft.rfftfreq(num_samples)
+  frequencies[0] = frequencies[1] if num_samples > 1 else 1.0  # no infinite DC gain
+  spectrum *= frequencies ** (-exponent / 2)
+  noise = np.fft.irfft(spectrum, n=num_samples)
+  noise -= noise.mean()
+  return (noise / max(noise.std(), 1e-12)).astype(np.float32)
+
+
+def add_noise(
+  audio: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator
+) -> np.ndarray:
+  """audio + noise scaled to `snr_db` (powers over the utterance); noise is tiled or
+  cropped at a random offset to the audio's length."""
+  if noise.size < audio.size:
+    noise = np.tile(noise, -(-audio.size // noise.size))
+  start = int(rng.integers(0, noise.size - audio.size + 1))
+  noise = noise[start : start + audio.size]
+  signal_power = float(np.mean(np.square(audio)))
+  noise_power = max(float(np.mean(np.square(noise))), 1e-12)
+  scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
+  return (audio + scale * noise).astype(np.float32)
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+  """Plays `audio` `factor` times faster (pitch and tempo, as sox `speed`):
+  round(n / factor) samples."""
+  if factor == 1.0:
+    return audio
+  # Resampling from rate*factor to rate keeps the samples but plays them faster.
+  out = librosa.resample(
+    audio, orig_sr=SAMPLE_RATE * factor, target_sr=SAMPLE_RATE, res_type="soxr_hq"
+  )
+  return out.astype(np.float32)
+
+
+def apply_gain(audio: np.ndarray, gain_db: float) -> np.ndarray:
+  return (audio * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+def augment(
+  audio: np.ndarray,
+  config: AugmentConfig,
+  rng: np.random.Generator,
+  noise_bank: Sequence[np.ndarray] = (),
+) -> np.ndarray:
+  """Applies speed, gain and additive noise, each with its probability.
+
+  Args:
+    audio: f32[num_samples] 16 kHz waveform (unpadded).
+    config: probabilities and ranges.
+    rng: the example's generator.
+    noise_bank: f32 noise clips to draw from; empty means generated coloured noise.
+
+  Returns:
+    f32[num_samples'] augmented audio (a speed change alters the length).
+  """
+  if rng.random() < config.speed_prob:
+    audio = change_speed(audio, float(rng.choice(config.speed_factors)))
+  if rng.random() < config.gain_prob:
+    audio = apply_gain(audio, float(rng.uniform(*config.gain_db)))
+  if rng.random() < config.noise_prob:
+    if noise_bank:
+      noise = noise_bank[int(rng.integers(len(noise_bank)))]
+    else:
+      noise = coloured_noise(rng, audio.size, str(rng.choice(config.noise_colours)))
+    audio = add_noise(audio, noise, float(rng.uniform(*config.snr_db)), rng)
+  return audio
