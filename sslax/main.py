@@ -10,7 +10,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sslax.train import loop
+from sslax.train import distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
@@ -27,6 +27,10 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
   "JAX gives each SLURM task the GPU of its local rank.",
 )
 
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+  "coordinator_timeout", 300, "Seconds to wait for the coordinator (process 0) to be reachable."
+)
+
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,11 +45,12 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Must precede any device query.
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    jax.distributed.initialize(
-      coordinator_address=_COORDINATOR.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
-      local_device_ids=[int(i) for i in _LOCAL_DEVICE_IDS.value or []] or None,
+    distributed.initialize(
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      [int(i) for i in _LOCAL_DEVICE_IDS.value or []] or None,
+      timeout_s=_COORDINATOR_TIMEOUT.value,
     )
   config = _CONFIG.value
   logging.info("job %s, process %d/%d", config.job, jax.process_index(), jax.process_count())
