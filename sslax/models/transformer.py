@@ -139,13 +139,24 @@ class PositionalConv(nn.Module):
     bias_D = self.param("bias", _zeros(("embed",)), (dim,), self.param_dtype)
     kernel_KxIxD = weight_v_KxIxD.astype(jnp.float32) * (weight_g_K / v_norm_K)[:, None, None]
     pad = self.kernel_size // 2
-    y_BxTxD = jax.lax.conv_general_dilated(
-      x_BxTxD.astype(self.dtype),
-      kernel_KxIxD.astype(self.dtype),
-      window_strides=(1,),
-      padding=((pad, pad),),
-      dimension_numbers=("NWC", "WIO", "NWC"),
-      feature_group_count=self.groups,
+    # One convolution per group rather than feature_group_count: XLA's SPMD partitioner
+    # doubles the kernel gradient of a grouped convolution on a mesh with both a sharded
+    # batch and a tensor axis (jax 0.10; tests/test_sharding.py checks the gradients).
+    # Group g maps input channels [g*I, (g+1)*I) to output channels [g*I, (g+1)*I).
+    x_groups = jnp.split(x_BxTxD.astype(self.dtype), self.groups, axis=-1)
+    kernel_groups = jnp.split(kernel_KxIxD.astype(self.dtype), self.groups, axis=-1)
+    y_BxTxD = jnp.concatenate(
+      [
+        jax.lax.conv_general_dilated(
+          x_g,
+          kernel_g,
+          window_strides=(1,),
+          padding=((pad, pad),),
+          dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        for x_g, kernel_g in zip(x_groups, kernel_groups, strict=True)
+      ],
+      axis=-1,
     )
     y_BxTxD = y_BxTxD[:, : x_BxTxD.shape[1]]
     y_BxTxD = y_BxTxD + bias_D.astype(self.dtype)
