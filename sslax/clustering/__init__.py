@@ -1,0 +1,1 @@
+"""Clustering of frame features: k-means in JAX over the device mesh."""

@@ -1,0 +1,1 @@
+"""Frame features of audio for clustering (MFCC)."""

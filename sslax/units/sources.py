@@ -1,0 +1,82 @@
+"""Frame features the k-means job clusters: Kaldi MFCC or one hidden layer of a checkpoint.
+
+A source is called on a list of f32[S_u] waveforms (16 kHz, samples in [-1, 1]) and returns
+one f32[T_u, dim] array per utterance at `frame_rate_hz`; `description` goes into the unit
+manifest.
+"""
+
+import math
+
+import ml_collections
+import numpy as np
+
+from sslax import extract
+from sslax.features import mfcc
+
+_NORMALIZE_EPS = 1e-5  # as the pretraining pipeline (fairseq's layer norm of the waveform)
+
+
+class Mfcc:
+  """39-dim MFCC + deltas at 100 Hz (HuBERT iteration 1; sslax.features.mfcc)."""
+
+  def __init__(self):
+    self.dim = mfcc.FEATURE_DIM
+    self.frame_rate_hz = mfcc.FRAME_RATE_HZ
+    self.description = dict(mfcc.PARAMS)
+
+  def __call__(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    return [mfcc.features(w) for w in waveforms]
+
+
+class CheckpointLayer:
+  """Hidden state `layer` of a wav2vec 2.0 checkpoint (sslax dir or hf:DIR), via sslax.extract.
+
+  `sslax.extract.extract` compiles its forward pass per call (and per padded length), so
+  the job calls it once per shard, not per batch.
+  """
+
+  def __init__(self, features: ml_collections.ConfigDict):
+    if not features.checkpoint:
+      raise ValueError("config.features.checkpoint is empty: give an sslax checkpoint or hf:DIR")
+    self._model_config, self._params = extract.load_model(features.checkpoint)
+    num_layers = self._model_config.num_layers
+    if not 0 <= features.layer <= num_layers:
+      raise ValueError(
+        f"config.features.layer={features.layer} is outside 0..{num_layers} "
+        f"({features.checkpoint} has {num_layers} Transformer layers)"
+      )
+    self._features = features
+    self.dim = self._model_config.embed_dim
+    stride = math.prod(s for _, _, s in self._model_config.conv_layers)
+    self.frame_rate_hz = extract.SAMPLE_RATE_HZ / stride
+    self.description = dict(
+      type="checkpoint",
+      checkpoint=features.checkpoint,
+      layer=features.layer,
+      normalize=features.normalize,
+      dim=self.dim,
+      frame_rate_hz=self.frame_rate_hz,
+      num_layers=num_layers,
+    )
+
+  def __call__(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    if self._features.normalize:
+      waveforms = [(w - w.mean()) / np.sqrt(w.var() + _NORMALIZE_EPS) for w in waveforms]
+    hidden = extract.extract(
+      self._model_config,
+      self._params,
+      waveforms,
+      [self._features.layer],
+      batch_size=self._features.batch_size,
+      pad_multiple=self._features.pad_multiple,
+    )
+    return [h[self._features.layer].astype(np.float32) for h in hidden]
+
+
+def make(features: ml_collections.ConfigDict) -> Mfcc | CheckpointLayer:
+  """The source `config.features` names."""
+  if features.source == "mfcc":
+    return Mfcc()
+  if features.source == "checkpoint":
+    return CheckpointLayer(features)
+  raise ValueError(f"config.features.source={features.source!r}; expected 'mfcc' or 'checkpoint'")
