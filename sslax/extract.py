@@ -1,12 +1,13 @@
-"""Per-layer hidden states of a wav2vec 2.0 checkpoint for audio files.
+"""Per-layer hidden states of a wav2vec 2.0 or HuBERT checkpoint for audio files.
 
 Command (from the repository root):
   python -m sslax.extract --checkpoint=PATH --audio=FILE_OR_DIR --layers=all --out=FEATS.npz
 
 PATH is an sslax checkpoint directory (layout in sslax/interop/checkpoint.py) or
-`hf:HF_DIR`, a transformers wav2vec 2.0 checkpoint imported on the fly. --audio is one
-16 kHz mono file or a directory searched recursively for .wav, .flac and .ogg files; the
-samples are fed as decoded (apply the normalisation the checkpoint was trained with first).
+`hf:HF_DIR`, a transformers wav2vec 2.0 or HuBERT checkpoint imported on the fly; the
+checkpoint's model type picks the model. --audio is one 16 kHz mono file or a directory
+searched recursively for .wav, .flac and .ogg files; the samples are fed as decoded
+(apply the normalisation the checkpoint was trained with first).
 
 FEATS.npz holds one f32[frames, embed_dim] array per utterance and layer, keyed
 'NAME/layer_I': NAME is the file's path under --audio without its extension (the file's
@@ -29,7 +30,7 @@ import numpy as np
 import soundfile
 
 from sslax.interop import checkpoint, hf
-from sslax.models import frontends, wav2vec2
+from sslax.models import frontends
 
 SAMPLE_RATE_HZ = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -81,7 +82,7 @@ def read_audio(path: str) -> np.ndarray:
   """f32[S] samples of a 16 kHz mono file."""
   samples, rate = soundfile.read(path, dtype="float32")
   if rate != SAMPLE_RATE_HZ or samples.ndim != 1:
-    raise ValueError(f"{path}: {rate} Hz, {samples.ndim}-D; wav2vec 2.0 needs 16 kHz mono")
+    raise ValueError(f"{path}: {rate} Hz, {samples.ndim}-D; sslax models need 16 kHz mono")
   return samples
 
 
@@ -98,7 +99,7 @@ def extract(
 
   Args:
     model_config: `config.model` fields.
-    params: the Wav2Vec2 params tree.
+    params: the model's params tree (`checkpoint.build_model(model_config)`).
     utterances: f32[S_u] waveforms (16 kHz).
     layers: hidden-state indices to keep (0..num_layers).
     batch_size: utterances per forward pass (the last batch is padded with empty ones).
@@ -107,7 +108,8 @@ def extract(
   Returns:
     Per utterance, {layer: f32[frames_u, embed_dim]}, frames_u = num_frames(S_u).
   """
-  model = wav2vec2.Wav2Vec2(**model_config)
+  model = checkpoint.build_model(model_config)
+  eval_kwargs = checkpoint.eval_kwargs(model_config)
 
   @jax.jit
   def hidden_states(params, audio_BxS, paddings_BxS):
@@ -118,8 +120,8 @@ def extract(
       paddings_BxS,
       jnp.zeros((audio_BxS.shape[0], frames), bool),
       train=False,
-      gumbel_temperature=1.0,
       return_hidden_states=True,
+      **eval_kwargs,
     )
     return [out.hidden_states[i] for i in layers]
 

@@ -1,10 +1,11 @@
 """Tests for sslax.interop.hf against Hugging Face transformers (the independent reference).
 
-Small transformers models with random weights (every parameter perturbed, so norms and
-biases are not at their initial values) are saved, imported and run on the same random
-batch; every hidden state (transformers `output_hidden_states`: index 0 the input to the
-first layer) must agree within ATOL = 1e-4 absolute in float32, as must the pretraining
-head's outputs (project_hid, and project_q of the argmax codevectors).
+Small transformers models (wav2vec 2.0 and HuBERT) with random weights (every parameter
+perturbed, so norms and biases are not at their initial values) are saved, imported and
+run on the same random batch; every hidden state (transformers `output_hidden_states`:
+index 0 the input to the first layer) must agree within ATOL = 1e-4 absolute in float32,
+as must the wav2vec 2.0 pretraining head's outputs (project_hid, and project_q of the
+argmax codevectors).
 
 Padding: sslax's group norm takes statistics over valid frames only, transformers'
 over the zero padding too. So layer-norm extractors are compared on the padded batch
@@ -35,7 +36,7 @@ import transformers  # noqa: E402
 
 from configs import common, demo, w2v_base, w2v_large  # noqa: E402
 from sslax.interop import checkpoint, hf  # noqa: E402
-from sslax.models import frontends, wav2vec2  # noqa: E402
+from sslax.models import frontends  # noqa: E402
 
 ATOL = 1e-4
 LENGTHS = (8000, 5600, 3300)  # samples: 24, 17 and 10 frames
@@ -47,10 +48,9 @@ SMALL = dict(
   conv_dim=(32,) * 7,
   num_conv_pos_embeddings=16,
   num_conv_pos_embedding_groups=4,
-  num_codevectors_per_group=8,
-  codevector_dim=16,
-  proj_codevector_dim=12,
 )
+# Wav2Vec2Config only: the quantizer (HubertConfig has none).
+SMALL_QUANTIZER = dict(num_codevectors_per_group=8, codevector_dim=16, proj_codevector_dim=12)
 ARCHITECTURE_KEYS = (
   "conv_dim",
   "conv_kernel",
@@ -70,7 +70,8 @@ ARCHITECTURE_KEYS = (
   "proj_codevector_dim",
 )
 # name: (feat_extract_norm, do_stable_layer_norm, conv_bias, mask_time_prob, architecture);
-# a Wav2Vec2Model with mask_time_prob 0 has no masked_spec_embed either.
+# a model with mask_time_prob 0 has no masked_spec_embed either. The HuBERT variants are
+# fairseq's Base (group norm, post-LN) and Large (layer norm, pre-LN) layouts.
 VARIANTS = {
   "group-postln-pretraining": ("group", False, False, 0.05, hf.PRETRAINING),
   "layer-stable-pretraining": ("layer", True, True, 0.05, hf.PRETRAINING),
@@ -78,12 +79,32 @@ VARIANTS = {
   "layer-stable-model": ("layer", True, False, 0.05, hf.BASE_MODEL),
   "layer-postln-pretraining": ("layer", False, True, 0.05, hf.PRETRAINING),
   "group-stable-model-nomask": ("group", True, False, 0.0, hf.BASE_MODEL),
+  "hubert-group-postln": ("group", False, False, 0.05, hf.HUBERT),
+  "hubert-layer-stable-bias-nomask": ("layer", True, True, 0.0, hf.HUBERT),
+}
+# What import initialises afresh, by architecture (besides mask_emb without masked_spec_embed).
+FRESH_HEAD = {
+  hf.PRETRAINING: [],
+  hf.BASE_MODEL: [
+    "final_proj/bias",
+    "final_proj/kernel",
+    "project_q/bias",
+    "project_q/kernel",
+    "quantizer/codevectors",
+    "quantizer/logits/bias",
+    "quantizer/logits/kernel",
+  ],
+  hf.HUBERT: ["final_proj/bias", "final_proj/kernel", "label_embs_concat"],
 }
 
 
 def _hf_model(norm, stable, conv_bias, mask_time_prob, architecture, seed=0):
-  config = transformers.Wav2Vec2Config(
-    **SMALL,
+  if architecture == hf.HUBERT:
+    config_class, fields = transformers.HubertConfig, SMALL
+  else:
+    config_class, fields = transformers.Wav2Vec2Config, dict(SMALL, **SMALL_QUANTIZER)
+  config = config_class(
+    **fields,
     feat_extract_norm=norm,
     do_stable_layer_norm=stable,
     conv_bias=conv_bias,
@@ -108,7 +129,7 @@ def _batch():
 
 
 def _sslax_outputs(model_config, params, audio_BxS, paddings_BxS):
-  model = wav2vec2.Wav2Vec2(**model_config)
+  model = checkpoint.build_model(model_config)
   frames = frontends.num_frames(audio_BxS.shape[1], model_config.conv_layers)
 
   @jax.jit
@@ -119,8 +140,8 @@ def _sslax_outputs(model_config, params, audio_BxS, paddings_BxS):
       paddings_BxS,
       jnp.zeros((audio_BxS.shape[0], frames), bool),
       train=False,
-      gumbel_temperature=1.0,
       return_hidden_states=True,
+      **checkpoint.eval_kwargs(model_config),
     )
 
   return jax.tree.map(np.asarray, run(params, audio_BxS, paddings_BxS))
@@ -193,17 +214,7 @@ def test_hidden_states_match_transformers(imported):
 def test_import_fills_and_names_what_a_base_model_lacks(imported):
   _, model, sslax_dir, fresh = imported
   _, params = checkpoint.load_sslax_checkpoint(sslax_dir)
-  expected = []
-  if not isinstance(model, transformers.Wav2Vec2ForPreTraining):
-    expected += [
-      "final_proj/bias",
-      "final_proj/kernel",
-      "project_q/bias",
-      "project_q/kernel",
-      "quantizer/codevectors",
-      "quantizer/logits/bias",
-      "quantizer/logits/kernel",
-    ]
+  expected = list(FRESH_HEAD[type(model).__name__])
   mask_emb = model.state_dict().get(_base_prefix(model) + "masked_spec_embed")
   if mask_emb is None:
     expected.append("mask_emb")
@@ -216,13 +227,16 @@ def _base_prefix(model):
   return "wav2vec2." if isinstance(model, transformers.Wav2Vec2ForPreTraining) else ""
 
 
-def test_export_reloads_in_transformers_bitwise(imported, tmp_path):
+def test_export_reloads_in_transformers_bitwise(imported, tmp_path, capsys):
   name, model, sslax_dir, _ = imported
   out_dir = str(tmp_path / "exported")
   hf.main(["export", "--from", sslax_dir, "--to", out_dir])
-  reloaded, info = transformers.Wav2Vec2ForPreTraining.from_pretrained(
-    out_dir, output_loading_info=True
-  )
+  # HuBERT's pretraining head has no place in a HubertModel: left out, and said so.
+  hubert = isinstance(model, transformers.HubertModel)
+  left_out = ", ".join(FRESH_HEAD[hf.HUBERT]) if hubert else "nothing"
+  assert f"left out: {left_out}" in capsys.readouterr().out
+  reload_class = transformers.HubertModel if hubert else transformers.Wav2Vec2ForPreTraining
+  reloaded, info = reload_class.from_pretrained(out_dir, output_loading_info=True)
   assert not any(info.values()), info
   reloaded.eval()
   original = model.state_dict()
@@ -314,7 +328,8 @@ def test_pytorch_bin_and_legacy_weight_norm_names(base_checkpoint, tmp_path, mon
     ("adapter_attn_dim", 16, "adapter_attn_dim"),
     ("conv_stride", [5, 2, 2], "conv_stride"),
     ("position_embeddings_type", "rotary", "position_embeddings_type"),
-    ("model_type", "hubert", "model_type"),
+    ("model_type", "wavlm", "model_type"),
+    ("model_type", "hubert", "Wav2Vec2ForPreTraining is not supported for model_type 'hubert'"),
     ("architectures", ["Wav2Vec2ForCTC"], "Wav2Vec2ForCTC"),
     ("architectures", ["Wav2Vec2ForXVector"], "Wav2Vec2ForXVector"),
     ("num_codevector_groups", 3, "num_codevector_groups"),

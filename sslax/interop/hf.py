@@ -1,15 +1,25 @@
-"""Hugging Face `transformers` wav2vec 2.0 checkpoints to and from sslax.
+"""Hugging Face `transformers` wav2vec 2.0 and HuBERT checkpoints to and from sslax.
 
-Supported: `Wav2Vec2ForPreTraining` and `Wav2Vec2Model` checkpoints (a directory with
-`config.json` and `model.safetensors` or `pytorch_model.bin`), group-norm and layer-norm
-feature extractors with or without conv bias, post-LN (`do_stable_layer_norm=False`) and
-pre-LN (`do_stable_layer_norm=True`) encoders. A `Wav2Vec2Model` checkpoint has no
-quantizer, `project_q` or `project_hid`: import initialises those (and `mask_emb` when the
-checkpoint has no `masked_spec_embed`) afresh and names them. Export always writes a
-`Wav2Vec2ForPreTraining` checkpoint (`config.json` + `model.safetensors`).
+Supported (a directory with `config.json` and `model.safetensors` or `pytorch_model.bin`):
+`Wav2Vec2ForPreTraining`, `Wav2Vec2Model` and `HubertModel` checkpoints, group-norm and
+layer-norm feature extractors with or without conv bias, post-LN
+(`do_stable_layer_norm=False`) and pre-LN (`do_stable_layer_norm=True`) encoders; for
+HuBERT, HF's defaults `feat_proj_layer_norm=True` and `conv_pos_batch_norm=False`, which
+are fairseq's HubertModel (conv features always layer-normed, positional conv always
+weight-normed); the other values are errors. Both models share one tensor map (the
+encoder's names are the same; only the prefix differs, 'wav2vec2.' in
+Wav2Vec2ForPreTraining, none in the bare models).
 
-Anything else (other heads, adapters, conformer or HuBERT configs, other activations or
-norms, tensors that are missing, unexpected or of the wrong shape) is an error naming the
+What HF does not hold is initialised afresh on import and named: a `Wav2Vec2Model` has
+no quantizer, `project_q` or `project_hid`; no HF HuBERT class holds HuBERT's
+pretraining head (`final_proj`, `label_embs_concat`), whose fields import takes from
+fairseq's Base iteration 2 (final_dim 256, 500 clusters, untied); `mask_emb` when the
+checkpoint has no `masked_spec_embed`. Export writes a `Wav2Vec2ForPreTraining` or a
+`HubertModel` checkpoint (`config.json` + `model.safetensors`); the HuBERT head has no
+place there and is left out, with a logged warning.
+
+Anything else (other heads, adapters, conformer configs, other activations or norms,
+tensors that are missing, unexpected or of the wrong shape) is an error naming the
 option or tensor. Reading safetensors needs neither torch nor transformers; reading
 `pytorch_model.bin` needs torch.
 
@@ -33,6 +43,7 @@ import json
 import os
 import sys
 
+from absl import logging
 import flax.traverse_util
 import ml_collections
 import numpy as np
@@ -41,8 +52,8 @@ import safetensors.numpy
 from sslax.interop import checkpoint
 from sslax.train import checkpoints
 
-# The transformers `Wav2Vec2Config` defaults of every field read here; a config.json may
-# leave out fields at their default.
+# The transformers defaults (the same in `Wav2Vec2Config` and `HubertConfig`) of every
+# shared field read here; a config.json may leave out fields at their default.
 _HF_DEFAULTS = dict(
   hidden_size=768,
   num_hidden_layers=12,
@@ -53,7 +64,6 @@ _HF_DEFAULTS = dict(
   activation_dropout=0.1,
   attention_dropout=0.1,
   feat_proj_dropout=0.0,
-  feat_quantizer_dropout=0.0,
   layerdrop=0.1,
   layer_norm_eps=1e-5,
   feat_extract_norm="group",
@@ -67,10 +77,6 @@ _HF_DEFAULTS = dict(
   do_stable_layer_norm=False,
   mask_time_prob=0.05,
   mask_feature_prob=0.0,
-  num_codevectors_per_group=320,
-  num_codevector_groups=2,
-  codevector_dim=256,
-  proj_codevector_dim=256,
   add_adapter=False,
   adapter_attn_dim=None,
 )
@@ -78,40 +84,48 @@ _HF_DEFAULTS = dict(
 _LAYER_NORM_EPS = 1e-5
 PRETRAINING = "Wav2Vec2ForPreTraining"
 BASE_MODEL = "Wav2Vec2Model"
-# Where the base model's tensors live in a Wav2Vec2ForPreTraining state dict.
-_BASE_PREFIX = "wav2vec2."
+HUBERT = "HubertModel"
 # PyTorch weight norm: the old `weight_norm` names and the newer parametrization names.
 _WEIGHT_NORM_NAMES = {
   "conv.weight_g": "conv.parametrizations.weight.original0",
   "conv.weight_v": "conv.parametrizations.weight.original1",
 }
+# The HuBERT head import writes, which HF does not hold: fairseq hubert_base_librispeech.yaml
+# with iteration 2's 500 k-means clusters of one label set.
+_HUBERT_HEAD = dict(final_dim=256, num_classes=(500,), untie_final_proj=True)
 
 
 def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
-  """The sslax `config.model` fields for a transformers wav2vec 2.0 config.json.
+  """The sslax `config.model` fields for a transformers wav2vec 2.0 or HuBERT config.json.
 
   Args:
     hf_config: the parsed config.json; absent fields take transformers' defaults.
 
   Returns:
-    ConfigDict with the fields of configs/common.py `wav2vec2_model()`. HF has no
-    feature_grad_mult (it trains the extractor at full gradient unless frozen): 1.0.
+    ConfigDict with the fields of configs/common.py `wav2vec2_model()` or
+    `hubert_model()` (by the config's model_type): the waveform frontend and Transformer
+    encoder. HF has no feature_grad_mult (it trains the extractor at full gradient unless
+    frozen): 1.0.
 
   Raises:
     ValueError: naming the first option sslax cannot represent exactly.
   """
-  c = dict(_HF_DEFAULTS)
+  hf_type = hf_config.get("model_type", "wav2vec2")
+  if hf_type not in _FAMILIES:
+    raise ValueError(f"model_type {hf_type!r} is not supported ({', '.join(_FAMILIES)})")
+  family = _FAMILIES[hf_type]
+  c = dict(_HF_DEFAULTS, **family.hf_defaults)
   c.update(hf_config)
-  if c.get("model_type", "wav2vec2") != "wav2vec2":
-    raise ValueError(f"model_type {c['model_type']!r} is not supported (only 'wav2vec2')")
   if "position_embeddings_type" in c:
     raise ValueError(
       f"position_embeddings_type={c['position_embeddings_type']!r} (conformer) is not supported"
     )
+  readable = sorted({family.full_architecture, family.base_architecture})
   for architecture in c.get("architectures") or ():
-    if architecture not in (PRETRAINING, BASE_MODEL):
+    if architecture not in readable:
       raise ValueError(
-        f"architecture {architecture} is not supported ({PRETRAINING}, {BASE_MODEL})"
+        f"architecture {architecture} is not supported for model_type {hf_type!r} "
+        f"({', '.join(readable)})"
       )
   _require(c, "feat_extract_norm", c["feat_extract_norm"] in ("group", "layer"), "group or layer")
   _require(c, "feat_extract_activation", c["feat_extract_activation"] == "gelu", "gelu")
@@ -134,14 +148,9 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
     c["hidden_size"] % c["num_conv_pos_embedding_groups"] == 0,
     "to divide hidden_size",
   )
-  _require(
-    c,
-    "num_codevector_groups",
-    c["codevector_dim"] % c["num_codevector_groups"] == 0,
-    "to divide codevector_dim",
-  )
   return ml_collections.ConfigDict(
     dict(
+      **checkpoint.field_defaults(hf_type),
       conv_layers=tuple(
         (int(d), int(k), int(s))
         for d, k, s in zip(c["conv_dim"], c["conv_kernel"], c["conv_stride"], strict=True)
@@ -159,14 +168,9 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
       attention_dropout=float(c["attention_dropout"]),
       activation_dropout=float(c["activation_dropout"]),
       dropout_input=float(c["feat_proj_dropout"]),
-      dropout_features=float(c["feat_quantizer_dropout"]),
       layerdrop=float(c["layerdrop"]),
       feature_grad_mult=1.0,
-      final_dim=c["proj_codevector_dim"],
-      latent_vars=c["num_codevectors_per_group"],
-      latent_groups=c["num_codevector_groups"],
-      # sslax (as fairseq) writes 0 for "the codevector dim is final_dim".
-      latent_dim=0 if c["codevector_dim"] == c["proj_codevector_dim"] else c["codevector_dim"],
+      **family.head_from_hf(c),
     )
   )
 
@@ -176,12 +180,50 @@ def _require(c: dict, key: str, ok: bool, wanted: str) -> None:
     raise ValueError(f"{key}={c[key]!r} is not supported (sslax needs {wanted})")
 
 
-def hf_config_from_model(model_config: ml_collections.ConfigDict) -> dict:
-  """A transformers `Wav2Vec2ForPreTraining` config.json for sslax model fields."""
-  m = model_config
+def _wav2vec2_head_from_hf(c: dict) -> dict:
+  _require(
+    c,
+    "num_codevector_groups",
+    c["codevector_dim"] % c["num_codevector_groups"] == 0,
+    "to divide codevector_dim",
+  )
   return dict(
-    architectures=[PRETRAINING],
-    model_type="wav2vec2",
+    dropout_features=float(c["feat_quantizer_dropout"]),
+    final_dim=c["proj_codevector_dim"],
+    latent_vars=c["num_codevectors_per_group"],
+    latent_groups=c["num_codevector_groups"],
+    # sslax (as fairseq) writes 0 for "the codevector dim is final_dim".
+    latent_dim=0 if c["codevector_dim"] == c["proj_codevector_dim"] else c["codevector_dim"],
+  )
+
+
+def _hubert_head_from_hf(c: dict) -> dict:
+  # fairseq's HuBERT always normalises the conv features and weight-normalises the
+  # positional conv; HF's alternatives (DistilHuBERT-style) are not sslax's model.
+  _require(c, "feat_proj_layer_norm", c["feat_proj_layer_norm"], "True")
+  _require(c, "conv_pos_batch_norm", not c["conv_pos_batch_norm"], "False")
+  return dict(_HUBERT_HEAD)
+
+
+def hf_config_from_model(model_config: ml_collections.ConfigDict) -> dict:
+  """The transformers config.json (of the class export writes) for sslax model fields.
+
+  Raises:
+    ValueError: the model has a frontend or encoder other than HF's (waveform conv stack
+      and Transformer).
+  """
+  m = model_config
+  family = _FAMILIES[checkpoint.model_type(m)]
+  model = checkpoint.build_model(m)
+  for field, hf_value in (("frontend", "waveform"), ("encoder", "transformer")):
+    if getattr(model, field) != hf_value:
+      raise ValueError(
+        f"config.model.{field}={getattr(model, field)!r} has no transformers "
+        f"{family.full_architecture} counterpart (only {hf_value!r})"
+      )
+  return dict(
+    architectures=[family.full_architecture],
+    model_type=checkpoint.model_type(m),
     dtype="float32",
     conv_dim=[d for d, _, _ in m.conv_layers],
     conv_kernel=[k for _, k, _ in m.conv_layers],
@@ -203,15 +245,26 @@ def hf_config_from_model(model_config: ml_collections.ConfigDict) -> dict:
     attention_dropout=m.attention_dropout,
     activation_dropout=m.activation_dropout,
     feat_proj_dropout=m.dropout_input,
-    feat_quantizer_dropout=m.dropout_features,
     layerdrop=m.layerdrop,
     # masked_spec_embed exists only when a mask probability is positive.
     mask_time_prob=_HF_DEFAULTS["mask_time_prob"],
+    **family.head_to_hf(m),
+  )
+
+
+def _wav2vec2_head_to_hf(m: ml_collections.ConfigDict) -> dict:
+  return dict(
+    feat_quantizer_dropout=m.dropout_features,
     num_codevectors_per_group=m.latent_vars,
     num_codevector_groups=m.latent_groups,
     codevector_dim=m.latent_dim if m.latent_dim > 0 else m.final_dim,
     proj_codevector_dim=m.final_dim,
   )
+
+
+def _hubert_head_to_hf(m: ml_collections.ConfigDict) -> dict:
+  del m  # HubertModel has no pretraining head.
+  return dict(feat_proj_layer_norm=True, conv_pos_batch_norm=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +333,10 @@ def _attention(hf_name: str, path: str, dim: int, heads: int) -> list[_Tensor]:
 
 
 def _base_tensors(m: ml_collections.ConfigDict) -> list[_Tensor]:
-  """Wav2Vec2Model's tensors (names without the `wav2vec2.` prefix), projection excluded."""
+  """The base model's tensors, projection excluded: Wav2Vec2Model's and HubertModel's alike.
+
+  Names are unprefixed (as in the bare models; Wav2Vec2ForPreTraining adds 'wav2vec2.').
+  """
   tensors = []
   for i in range(len(m.conv_layers)):
     hf_layer = f"feature_extractor.conv_layers.{i}"
@@ -314,7 +370,7 @@ def _base_tensors(m: ml_collections.ConfigDict) -> list[_Tensor]:
   return tensors
 
 
-def _head_tensors() -> list[_Tensor]:
+def _wav2vec2_head_tensors() -> list[_Tensor]:
   """Wav2Vec2ForPreTraining's tensors outside the base model."""
   return [
     _Tensor(
@@ -327,6 +383,68 @@ def _head_tensors() -> list[_Tensor]:
     *_linear("project_q", "project_q"),
     *_linear("project_hid", "final_proj"),
   ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+  """One sslax model type (= HF model_type) and the transformers classes that hold it.
+
+  Attributes:
+    full_architecture: the class export writes: every tensor HF has, base model's
+      tensors under `base_prefix`.
+    base_prefix: where the base model's tensors live in the full architecture.
+    base_architecture: the bare encoder class (tensors unprefixed); import initialises
+      the head tensors afresh when absent.
+    hf_defaults: transformers' defaults of the family's own config fields read here.
+    head_from_hf: sslax head fields from a defaulted HF config; raises on options sslax
+      cannot represent.
+    head_to_hf: the HF config fields for sslax model fields, beyond the shared ones.
+    head_tensors: the full architecture's tensors outside the base model.
+    sslax_only: top-level sslax parameters HF has no place for.
+  """
+
+  full_architecture: str
+  base_prefix: str
+  base_architecture: str
+  hf_defaults: dict
+  head_from_hf: Callable[[dict], dict]
+  head_to_hf: Callable[[ml_collections.ConfigDict], dict]
+  head_tensors: Callable[[], list[_Tensor]]
+  sslax_only: tuple[str, ...]
+
+
+_FAMILIES = {
+  "wav2vec2": _Family(
+    full_architecture=PRETRAINING,
+    base_prefix="wav2vec2.",
+    base_architecture=BASE_MODEL,
+    hf_defaults=dict(
+      feat_quantizer_dropout=0.0,
+      num_codevectors_per_group=320,
+      num_codevector_groups=2,
+      codevector_dim=256,
+      proj_codevector_dim=256,
+    ),
+    head_from_hf=_wav2vec2_head_from_hf,
+    head_to_hf=_wav2vec2_head_to_hf,
+    head_tensors=_wav2vec2_head_tensors,
+    sslax_only=(),
+  ),
+  "hubert": _Family(
+    full_architecture=HUBERT,
+    base_prefix="",
+    base_architecture=HUBERT,
+    hf_defaults=dict(feat_proj_layer_norm=True, conv_pos_batch_norm=False),
+    head_from_hf=_hubert_head_from_hf,
+    head_to_hf=_hubert_head_to_hf,
+    head_tensors=list,
+    sslax_only=("final_proj", "label_embs_concat"),
+  ),
+}
+
+
+def _prefixed(tensors: list[_Tensor], prefix: str) -> list[_Tensor]:
+  return [dataclasses.replace(t, hf_name=prefix + t.hf_name) for t in tensors]
 
 
 def _projection(m: ml_collections.ConfigDict) -> list[_Tensor]:
@@ -373,7 +491,7 @@ def read_hf_checkpoint(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 def params_from_hf(
   tensors: dict[str, np.ndarray], model_config: ml_collections.ConfigDict, *, seed: int = 0
 ) -> tuple[dict, list[str]]:
-  """sslax params from a Wav2Vec2ForPreTraining or Wav2Vec2Model state dict.
+  """sslax params from a Wav2Vec2ForPreTraining, Wav2Vec2Model or HubertModel state dict.
 
   Args:
     tensors: HF tensor name -> float32 array (as `read_hf_checkpoint` returns).
@@ -381,24 +499,23 @@ def params_from_hf(
     seed: seeds the parameters the checkpoint does not hold.
 
   Returns:
-    (params, fresh): the numpy params tree of `Wav2Vec2(**model_config)` and the sorted
-    '/'-joined paths of parameters initialised afresh (the quantizer, project_q and
-    final_proj of a Wav2Vec2Model checkpoint; mask_emb when masked_spec_embed is absent).
+    (params, fresh): the numpy params tree of `checkpoint.build_model(model_config)` and
+    the sorted '/'-joined paths of parameters initialised afresh (the quantizer,
+    project_q and final_proj of a Wav2Vec2Model checkpoint; HuBERT's final_proj and
+    label_embs_concat; mask_emb when masked_spec_embed is absent).
 
   Raises:
     ValueError: naming missing, unexpected or misshapen tensors, or a non-identity
       projection where sslax has none.
   """
-  pretraining = any(name.startswith(_BASE_PREFIX) for name in tensors)
-  prefix = _BASE_PREFIX if pretraining else ""
-  base = [dataclasses.replace(t, hf_name=prefix + t.hf_name) for t in _base_tensors(model_config)]
-  projection = [
-    dataclasses.replace(t, hf_name=prefix + t.hf_name) for t in _projection(model_config)
-  ]
-  table = base + projection + _head_tensors()
+  family = _FAMILIES[checkpoint.model_type(model_config)]
+  full = not family.base_prefix or any(name.startswith(family.base_prefix) for name in tensors)
+  prefix = family.base_prefix if full else ""
+  projection = _prefixed(_projection(model_config), prefix)
+  table = _prefixed(_base_tensors(model_config), prefix) + projection + family.head_tensors()
   optional = {prefix + "masked_spec_embed"}
-  if not pretraining:
-    optional |= {t.hf_name for t in _head_tensors()}
+  if not full:
+    optional |= {t.hf_name for t in family.head_tensors()}
 
   known = {t.hf_name for t in table}
   if not projection:
@@ -411,7 +528,8 @@ def params_from_hf(
     _check_identity_projection(tensors, prefix, model_config.embed_dim)
 
   shapes = checkpoint.param_shapes(model_config)
-  flat, fresh = {}, []
+  flat = {}
+  fresh = _sslax_only(family, shapes)
   for t in table:
     if t.hf_name not in tensors:
       fresh.append(t.sslax_path)
@@ -431,6 +549,11 @@ def params_from_hf(
   return flax.traverse_util.unflatten_dict(flat, sep="/"), sorted(fresh)
 
 
+def _sslax_only(family: _Family, paths) -> list[str]:
+  """The '/'-joined `paths` of parameters HF has no place for."""
+  return sorted(path for path in paths if path.split("/")[0] in family.sslax_only)
+
+
 def _check_identity_projection(tensors: dict, prefix: str, dim: int) -> None:
   """sslax has no projection when conv and Transformer widths agree: HF's must be identity."""
   weight = tensors.get(f"{prefix}feature_projection.projection.weight")
@@ -447,20 +570,21 @@ def _check_identity_projection(tensors: dict, prefix: str, dim: int) -> None:
 def hf_tensors_from_params(
   params, model_config: ml_collections.ConfigDict
 ) -> dict[str, np.ndarray]:
-  """The Wav2Vec2ForPreTraining state dict (float32 numpy) of sslax params.
+  """The state dict (float32 numpy) of the class export writes, from sslax params.
 
   Where sslax has no post_extract_proj (conv width == embed_dim), the HF projection is
-  written as the identity, which is exact.
+  written as the identity, which is exact. Parameters HF has no place for are left out.
   """
+  family = _FAMILIES[checkpoint.model_type(model_config)]
+  prefix = family.base_prefix
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   base = _base_tensors(model_config) + _projection(model_config)
-  table = [dataclasses.replace(t, hf_name=_BASE_PREFIX + t.hf_name) for t in base]
-  table += _head_tensors()
+  table = _prefixed(base, prefix) + family.head_tensors()
   tensors = {t.hf_name: t.to_hf(np.asarray(flat[t.sslax_path], np.float32)) for t in table}
   if not _projection(model_config):
     dim = model_config.embed_dim
-    tensors[f"{_BASE_PREFIX}feature_projection.projection.weight"] = np.eye(dim, dtype=np.float32)
-    tensors[f"{_BASE_PREFIX}feature_projection.projection.bias"] = np.zeros(dim, np.float32)
+    tensors[f"{prefix}feature_projection.projection.weight"] = np.eye(dim, dtype=np.float32)
+    tensors[f"{prefix}feature_projection.projection.bias"] = np.zeros(dim, np.float32)
   return {name: np.ascontiguousarray(value) for name, value in tensors.items()}
 
 
@@ -472,18 +596,30 @@ def import_hf(path: str, *, seed: int = 0) -> tuple[ml_collections.ConfigDict, d
   return model_config, params, fresh
 
 
-def export_hf(path: str, model_config: ml_collections.ConfigDict, params) -> None:
-  """Writes config.json and model.safetensors that `Wav2Vec2ForPreTraining` loads."""
+def export_hf(path: str, model_config: ml_collections.ConfigDict, params) -> list[str]:
+  """Writes config.json and model.safetensors that transformers loads.
+
+  Returns:
+    The sorted '/'-joined paths of parameters left out (HuBERT's pretraining head), each
+    also logged.
+  """
+  family = _FAMILIES[checkpoint.model_type(model_config)]
+  hf_config = hf_config_from_model(model_config)
+  tensors = hf_tensors_from_params(params, model_config)
+  dropped = _sslax_only(family, flax.traverse_util.flatten_dict(params, sep="/"))
+  if dropped:
+    logging.warning(
+      "exporting to %s: %s has no place for %s; left out", path, family.full_architecture, dropped
+    )
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf_config_from_model(model_config), f, indent=2)
+    json.dump(hf_config, f, indent=2)
     f.write("\n")
   # transformers refuses safetensors files without the 'pt' format tag.
   safetensors.numpy.save_file(
-    hf_tensors_from_params(params, model_config),
-    os.path.join(path, "model.safetensors"),
-    metadata={"format": "pt"},
+    tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"}
   )
+  return dropped
 
 
 def main(argv: list[str]) -> None:
@@ -502,12 +638,12 @@ def main(argv: list[str]) -> None:
   elif os.path.isdir(os.path.join(args.source, "checkpoints")):  # a training workdir
     with open(os.path.join(args.source, "config.json")) as f:
       model_config = checkpoint.model_config_from_json(json.load(f)["model"])
-    export_hf(args.target, model_config, checkpoints.load_params(args.source))
-    print(f"wrote {args.target}")
+    dropped = export_hf(args.target, model_config, checkpoints.load_params(args.source))
+    print(f"wrote {args.target}; left out: {', '.join(dropped) or 'nothing'}")
   else:
     model_config, params = checkpoint.load_sslax_checkpoint(args.source)
-    export_hf(args.target, model_config, params)
-    print(f"wrote {args.target}")
+    dropped = export_hf(args.target, model_config, params)
+    print(f"wrote {args.target}; left out: {', '.join(dropped) or 'nothing'}")
 
 
 if __name__ == "__main__":
