@@ -1,4 +1,5 @@
-"""The pretraining input stream: static shapes, masks, per-process parts, exact resume."""
+"""The pretraining input stream: static shapes, masks, per-process parts, exact resume,
+augmentation."""
 
 import itertools
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from sslax.data import pipeline
+from sslax.data import augment, pipeline
 from sslax.models import frontends
 
 CONV = common.WAV2VEC2_CONV_LAYERS
@@ -22,17 +23,20 @@ def make_stream(
   normalize=False,
   seed=0,
   min_samples=16_000,
+  max_samples=48_080,
+  **augment,
 ):
   data = common.pretrain_config().data
   data.update(
     dict(
       data_dir=data_dir,
       batch_size=batch_size,
-      max_samples=48_080,
+      max_samples=max_samples,
       min_samples=min_samples,
       normalize=normalize,
     )
   )
+  data.augment.update(augment)
   masking = common.pretrain_config().masking
   return pipeline.PretrainingStream(
     data,
@@ -103,7 +107,7 @@ def test_processes_split_the_same_global_batches_whatever_their_number(demo_data
   assert sorted(epoch) == sorted(usable.tolist())
   assert not np.array_equal(whole.epoch_indices(0), whole.epoch_indices(1))  # reshuffled
   # The lengths index is right, and row r of batch k is a crop of example batch_indices(k)[r].
-  source = whole._source
+  source = whole._splits[0].source
   batch = whole.host_batch(0)
   for row, index in list(zip(batch["audio"], whole.batch_indices(0), strict=True))[:4]:
     raw = np.asarray(source[int(index)]["speech"]).astype(np.float32) / 32768.0
@@ -144,3 +148,72 @@ def test_bad_settings_are_clear_errors(demo_data_dir):
     pipeline.PretrainingStream(
       data, ml_collections.ConfigDict(), lambda n: n, seed=0, process_index=0, process_count=1
     )
+
+
+def assert_same_batches(first, second):
+  for (a, sa), (b, sb) in zip(first, second, strict=True):
+    assert sa == sb
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_without_augmentation_rows_are_the_seeded_crops_of_the_raw_audio(demo_data_dir):
+  # The documented crop, computed here from scratch: bit-identical to the stream before
+  # augmentation existed (probabilities 0 skip it entirely).
+  stream = make_stream(demo_data_dir)
+  source = stream._splits[0].source
+  for k, (batch, _) in enumerate(take(stream, 2)):
+    for row, index in enumerate(stream.batch_indices(k)):
+      raw = np.asarray(source[int(index)]["speech"]).astype(np.float32) / 32768.0
+      start = 0
+      if raw.size > 48_080:
+        rng = np.random.default_rng([0, 1, k * 4 + row])  # (seed, crop stream, position)
+        start = int(rng.integers(0, raw.size - 48_080 + 1))
+      crop = raw[start : start + 48_080]
+      np.testing.assert_array_equal(batch["audio"][row, : crop.size], crop)
+      assert batch["audio_paddings"][row, : crop.size].sum() == 0
+
+
+AUGMENT_ALL = dict(speed_prob=1.0, speed_factors=(0.9, 1.1), gain_prob=1.0, noise_prob=1.0)
+
+
+def test_augmented_batches_are_seeded_and_resume_exactly(demo_data_dir):
+  clean = take(make_stream(demo_data_dir), 3)
+  augmented = take(make_stream(demo_data_dir, **AUGMENT_ALL), 3)
+  again = take(make_stream(demo_data_dir, **AUGMENT_ALL), 3)
+  resumed = take(make_stream(demo_data_dir, **AUGMENT_ALL), 1, start=2)
+  assert_same_batches(augmented, again)
+  assert_same_batches(augmented[2:], resumed)
+  stream = make_stream(demo_data_dir, **AUGMENT_ALL)
+  for k, ((a, _), (c, _)) in enumerate(zip(augmented, clean, strict=True)):
+    assert not np.array_equal(a["audio"], c["audio"])
+    # Speed changes lengths; paddings and masks follow the augmented, cropped lengths.
+    lengths = (1 - a["audio_paddings"]).sum(1).astype(int)
+    np.testing.assert_array_equal(lengths, stream.row_lengths(k))
+    # Each row's speed is the first draw of its (seed, augment stream, position) generator.
+    speeds = [
+      augment.speed_factor(stream._augment, np.random.default_rng([0, 4, k * 4 + r]))
+      for r in range(4)
+    ]
+    raw = stream._lengths[stream.batch_indices(k)]
+    expected = [min(round(n / f), 48_080) for n, f in zip(raw, speeds, strict=True)]
+    np.testing.assert_array_equal(lengths, expected)
+    for mask_row, n in zip(a["mask"], lengths, strict=True):
+      assert not mask_row[frontends.num_frames(int(n), CONV) :].any()
+
+
+def test_noise_bank_comes_from_a_tfds_split(demo_data_dir):
+  # Utterances of the demo corpus are at most 10 s: nothing is cropped, so the SNR holds.
+  noise = dict(max_samples=160_080, noise_prob=1.0, snr_db=(0.0, 0.0))
+  generated = make_stream(demo_data_dir, **noise)
+  banked = make_stream(demo_data_dir, noise_dataset="sslax_demo_corpus", noise_split="dev", **noise)
+  assert len(banked._noise_bank) == 60 and generated._noise_bank == ()
+  clean = make_stream(demo_data_dir, max_samples=160_080).host_batch(0)
+  g, b = generated.host_batch(0), banked.host_batch(0)
+  np.testing.assert_array_equal(b["audio"], banked.host_batch(0)["audio"])
+  assert not np.array_equal(b["audio"], g["audio"])
+  # 0 dB: the added noise has the power of the speech.
+  for row in range(4):
+    valid = b["audio_paddings"][row] == 0
+    speech, added = clean["audio"][row, valid], b["audio"][row, valid] - clean["audio"][row, valid]
+    np.testing.assert_allclose(np.mean(added**2), np.mean(speech**2), rtol=1e-3)

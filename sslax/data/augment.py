@@ -3,8 +3,10 @@
 Each transform takes and returns f32[num_samples] 16 kHz audio and draws from a numpy
 Generator the caller seeds (the pipeline seeds it by the example's global position, so
 augmentation is reproducible and resumes exactly). `augment` chains them, each applied
-with its own probability, in the order: speed, gain, additive noise. Pretraining configs
-that match the papers leave every probability at 0.
+with its own probability, in the order: speed, gain, additive noise. The speed factor is
+the generator's first draws (`speed_factor`), so the augmented length is known without
+touching the audio (`augmented_length`): the pipeline draws span masks for a whole batch
+from lengths alone. Pretraining configs that match the papers leave every probability at 0.
 
 Noise comes from a bank of noise clips (e.g. MUSAN read through `sslax.data.manifest`)
 or, with no bank, is generated: white, pink (1/f power) or brown (1/f^2) noise.
@@ -33,6 +35,9 @@ class AugmentConfig:
     snr_db: (low, high) signal-to-noise ratio in dB.
     noise_colours: colours generated when there is no noise bank ('white', 'pink',
       'brown').
+    noise_dataset: TFDS dataset whose clips form the noise bank (e.g. MUSAN built with
+      `sslax.data.manifest`); '' generates coloured noise instead. Read by the pipeline.
+    noise_split: its split.
   """
 
   speed_prob: float = 0.0
@@ -42,6 +47,13 @@ class AugmentConfig:
   noise_prob: float = 0.0
   snr_db: tuple[float, float] = (5.0, 20.0)
   noise_colours: Sequence[str] = ("white", "pink", "brown")
+  noise_dataset: str = ""
+  noise_split: str = "train"
+
+  @classmethod
+  def from_config(cls, augment_config) -> "AugmentConfig":
+    """From `config.data.augment` (a ConfigDict with exactly these fields)."""
+    return cls(**{field.name: augment_config[field.name] for field in dataclasses.fields(cls)})
 
   def __post_init__(self):
     for name in ("speed_prob", "gain_prob", "noise_prob"):
@@ -87,20 +99,39 @@ def add_noise(
   return (audio + scale * noise).astype(np.float32)
 
 
+def speed_length(num_samples: int, factor: float) -> int:
+  """Samples of `num_samples` played `factor` times faster: round(num_samples / factor)."""
+  return int(round(num_samples / factor))
+
+
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
   """Plays `audio` `factor` times faster (pitch and tempo, as sox `speed`):
-  round(n / factor) samples."""
+  f32[speed_length(n, factor)]."""
   if factor == 1.0:
     return audio
   # Resampling from rate*factor to rate keeps the samples but plays them faster.
   out = librosa.resample(
     audio, orig_sr=SAMPLE_RATE * factor, target_sr=SAMPLE_RATE, res_type="soxr_hq"
   )
+  # soxr's length can differ from round(n / factor) by a sample; the pipeline relies on it.
+  out = librosa.util.fix_length(out, size=speed_length(audio.size, factor))
   return out.astype(np.float32)
 
 
 def apply_gain(audio: np.ndarray, gain_db: float) -> np.ndarray:
   return (audio * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+def speed_factor(config: AugmentConfig, rng: np.random.Generator) -> float:
+  """The speed factor of one example (1.0 when not changed): the generator's first draws."""
+  if rng.random() < config.speed_prob:
+    return float(rng.choice(config.speed_factors))
+  return 1.0
+
+
+def augmented_length(num_samples: int, config: AugmentConfig, rng: np.random.Generator) -> int:
+  """Samples `augment` returns for `num_samples` given a generator seeded as for `augment`."""
+  return speed_length(num_samples, speed_factor(config, rng))
 
 
 def augment(
@@ -120,8 +151,7 @@ def augment(
   Returns:
     f32[num_samples'] augmented audio (a speed change alters the length).
   """
-  if rng.random() < config.speed_prob:
-    audio = change_speed(audio, float(rng.choice(config.speed_factors)))
+  audio = change_speed(audio, speed_factor(config, rng))
   if rng.random() < config.gain_prob:
     audio = apply_gain(audio, float(rng.uniform(*config.gain_db)))
   if rng.random() < config.noise_prob:

@@ -10,7 +10,8 @@ A split's source is either
   then one `relative/path<TAB>num_samples` line per file; transcripts, if any, come from
   the `.wrd` file beside it (same stem, one line of words per manifest line), or
 * a folder, searched recursively for .wav/.flac/.ogg files (sorted); a transcript, if
-  any, is the `.txt` file beside each audio file (same stem).
+  any, is the `.txt` file beside each audio file (same stem) or its line in a LibriSpeech
+  chapter's `*.trans.txt`, so an extracted LibriSpeech/Libri-Light folder builds as is.
 
 Every file is decoded once (soundfile), mixed down to mono, resampled to 16 kHz when it
 is not (librosa, soxr_hq) and stored as int16 like TFDS's `librispeech`: features `id`
@@ -79,17 +80,32 @@ def read_fairseq_manifest(path: str) -> list[Entry]:
   ]
 
 
+def _librispeech_transcripts(directory: str, names: list[str]) -> dict[str, str]:
+  """{utterance id: text} from LibriSpeech's `*.trans.txt` files ('ID WORDS...' lines)."""
+  texts = {}
+  for name in names:
+    if name.endswith(".trans.txt"):
+      with open(os.path.join(directory, name)) as f:
+        for line in f:
+          key, _, words = line.strip().partition(" ")
+          if key:
+            texts[key] = words
+  return texts
+
+
 def scan_folder(folder: str) -> list[Entry]:
-  """Audio files under `folder` (sorted), with transcripts from `.txt` files beside them."""
+  """Audio files under `folder` (sorted), with transcripts from a `.txt` file beside each
+  or, for LibriSpeech's layout, from its chapters' `*.trans.txt` files."""
   entries = []
   for directory, _, names in os.walk(folder):
+    chapter_texts = _librispeech_transcripts(directory, names)
     for name in names:
       stem, extension = os.path.splitext(name)
       if extension.lower() not in AUDIO_EXTENSIONS:
         continue
       path = os.path.join(directory, name)
       text_path = os.path.join(directory, stem + ".txt")
-      text = None
+      text = chapter_texts.get(stem)
       if os.path.exists(text_path):
         with open(text_path) as f:
           text = " ".join(f.read().split())
