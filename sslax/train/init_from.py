@@ -1,13 +1,15 @@
 """Starting a run from pretrained parameters: `config.init_from`.
 
 `config.init_from` is '' (start from scratch), `hf:HF_DIR` (a transformers wav2vec 2.0
-checkpoint, imported on the fly) or an sslax checkpoint directory (`sslax.interop`
-layout: config.json + params.safetensors). Parameters that exist in the source with the
+checkpoint, imported on the fly), an sslax checkpoint directory (`sslax.interop`
+layout: config.json + params.safetensors) or a training workdir (its latest checkpoint's
+parameters, e.g. a pretraining run's for fine-tuning). Parameters that exist in the source with the
 same path and shape are loaded; the others keep their fresh initialisation and are listed.
 A parameter with the same path but another shape means the configs disagree: an error that
 names it.
 """
 
+import os
 from typing import Any
 
 import flax.traverse_util
@@ -15,6 +17,7 @@ import jax
 import numpy as np
 
 from sslax.interop import checkpoint, hf
+from sslax.train import checkpoints
 
 HF_PREFIX = "hf:"
 
@@ -23,6 +26,8 @@ def load_source(spec: str) -> tuple[dict[str, np.ndarray], list[str]]:
   """Reads `spec`: (flat '/'-joined parameter dict, paths the source itself lacks)."""
   if spec.startswith(HF_PREFIX):
     _, params, fresh = hf.import_hf(spec[len(HF_PREFIX) :])
+  elif os.path.isdir(os.path.join(spec, "checkpoints")):
+    params, fresh = checkpoints.load_params(spec), []
   else:
     _, params = checkpoint.load_sslax_checkpoint(spec)
     fresh = []

@@ -2,7 +2,8 @@
 
 Train steps return metric *sums* with their denominators (e.g. `correct` and
 `masked_frames`); this module adds them up over a logging interval and divides once, so
-means are over frames, never means of per-batch means.
+means are over frames (pretraining) or utterances (CTC fine-tuning), never means of
+per-batch means. The progress line shows the fields a job's metrics have.
 """
 
 import json
@@ -22,19 +23,50 @@ _PER_MASKED_FRAME = (
   "prob_perplexity",
   "code_perplexity",
 )
+# Sums divided by the number of utterances when reported (CTC: fairseq's sentence_avg).
+_PER_UTTERANCE = ("loss",)
 # Values that are already per step (averaged over the interval when reported).
 _PER_STEP = ("learning_rate", "gumbel_temperature", "grad_norm")
+# The progress line: (metric names, format), shown when the summary has every name.
+_PROGRESS = (
+  (("loss",), "loss %.4f"),
+  (("accuracy",), "acc %.3f"),
+  (("prob_perplexity", "code_perplexity"), "ppl %.1f (codes %.1f)"),
+  (("infeasible",), "infeasible %d"),
+  (("learning_rate",), "lr %.2e"),
+  (("gumbel_temperature",), "temp %.3f"),
+  (("audio_seconds_per_second",), "%.1f s audio/s"),
+)
 
 
 def summarize(sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]:
-  """Turns interval sums into reported means; `seconds` is the interval's wall time."""
-  frames = max(sums["masked_frames"], 1.0)
-  out = {name: sums[name] / frames for name in _PER_MASKED_FRAME if name in sums}
-  out["accuracy"] = sums["correct"] / frames
+  """Turns interval sums into reported means; `seconds` is the interval's wall time.
+
+  Pretraining sums (with `masked_frames`) become means per masked frame and `accuracy`;
+  fine-tuning sums (with `utterances`) become means per utterance, `infeasible` stays a count.
+  """
+  out = {}
+  if "masked_frames" in sums:
+    frames = max(sums["masked_frames"], 1.0)
+    out.update({name: sums[name] / frames for name in _PER_MASKED_FRAME if name in sums})
+    out["accuracy"] = sums["correct"] / frames
+  if "utterances" in sums:
+    utterances = max(sums["utterances"], 1.0)
+    out.update({name: sums[name] / utterances for name in _PER_UTTERANCE})
+    out["infeasible"] = sums["infeasible"]
   out.update({name: sums[name] / steps for name in _PER_STEP if name in sums})
   out["audio_seconds_per_second"] = sums["audio_samples"] / 16_000 / max(seconds, 1e-9)
   out["steps_per_second"] = steps / max(seconds, 1e-9)
   return out
+
+
+def progress_line(step: int, total_steps: int, summary: dict[str, float]) -> str:
+  """'step N/T | loss ... | ...' with the `_PROGRESS` fields the summary has."""
+  parts = [f"step {step}/{total_steps}"]
+  for names, fmt in _PROGRESS:
+    if all(name in summary for name in names):
+      parts.append(fmt % tuple(summary[name] for name in names))
+  return " | ".join(parts)
 
 
 class MetricsLogger:
@@ -80,19 +112,7 @@ class MetricsLogger:
     now = time.perf_counter()
     summary = summarize(self._sums, self._steps, now - self._start)
     self._sums, self._steps, self._start = {}, 0, now
-    logging.info(
-      "step %d/%d | loss %.4f | acc %.3f | ppl %.1f (codes %.1f) | lr %.2e | temp %.3f | "
-      "%.1f s audio/s",
-      step,
-      self._total_steps,
-      summary["loss"],
-      summary["accuracy"],
-      summary["prob_perplexity"],
-      summary["code_perplexity"],
-      summary["learning_rate"],
-      summary["gumbel_temperature"],
-      summary["audio_seconds_per_second"],
-    )
+    logging.info("%s", progress_line(step, self._total_steps, summary))
     if not self._is_primary:
       return
     with self._writer.as_default(step=step):

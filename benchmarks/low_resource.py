@@ -1,0 +1,140 @@
+"""The low-resource experiment: does pretraining pay off when labels are few?
+
+  python benchmarks/low_resource.py --workdir=/tmp/sslax-lowres
+
+1. Pretrains the demo wav2vec 2.0 (configs/demo.py, longer than the 10-minute demo:
+   `--pretrain_steps`, about an hour on 2 CPU cores) in WORKDIR/pretrain, or reuses
+   `--pretrain_workdir`; a rerun resumes it.
+2. For each labelled-minutes value and seed, fine-tunes configs/demo_ctc.py twice with the
+   same model, data subset and budget: from the pretrained checkpoint, and from random
+   initialisation (fully trainable: no frozen phase, which only helps a pretrained
+   Transformer). Each run is `python -m sslax.main` in its own workdir, so reruns skip
+   finished runs and resume killed ones.
+3. Scores every run on the test split (voices never heard in training) with the evaluate
+   job and writes WORKDIR/results.json and a Markdown table, WORKDIR/results.md:
+   CER and WER per run, mean per arm, and the relative CER reduction.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where every run and the results go.")
+_PRETRAIN_WORKDIR = flags.DEFINE_string(
+  "pretrain_workdir", None, "Reuse this configs/demo.py run instead of WORKDIR/pretrain."
+)
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 3000, "Pretraining updates.")
+_MINUTES = flags.DEFINE_list("labelled_minutes", ["10"], "Labelled minutes per experiment.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Fine-tuning seeds per arm.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir ('' for the default).")
+flags.mark_flags_as_required(["workdir"])
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sslax_main(config: str, workdir: str, *overrides: str) -> float:
+  """Runs `python -m sslax.main`; returns its wall time in seconds."""
+  command = [sys.executable, "-m", "sslax.main", f"--config={config}", f"--workdir={workdir}"]
+  command += [f"--config.data.data_dir={_DATA_DIR.value}", *overrides]
+  print("+", " ".join(command), flush=True)
+  start = time.time()
+  subprocess.run(command, cwd=REPO, check=True)
+  return time.time() - start
+
+
+def pretrain(workdir: str) -> str:
+  """The pretraining workdir (trained, or resumed to completion)."""
+  if _PRETRAIN_WORKDIR.value:
+    return _PRETRAIN_WORKDIR.value
+  path = os.path.join(workdir, "pretrain")
+  steps = _PRETRAIN_STEPS.value
+  sslax_main(
+    "configs/demo.py",
+    path,
+    f"--config.total_steps={steps}",
+    f"--config.optim.warmup_steps={steps // 10}",
+    f"--config.checkpoint_every={max(steps // 12, 1)}",
+    "--config.gumbel.decay=0.999",  # reaches the end temperature at about 1,400 steps
+  )
+  return path
+
+
+def finetune_and_score(run_dir: str, minutes: str, seed: str, init_from: str | None) -> dict:
+  overrides = [f"--config.seed={seed}", f"--config.data.labelled_minutes={minutes}"]
+  if init_from:
+    overrides.append(f"--config.init_from={init_from}")
+  else:
+    overrides.append("--config.optim.freeze_finetune_updates=0")
+  seconds = sslax_main("configs/demo_ctc.py", run_dir, *overrides)
+  sslax_main("configs/demo_ctc.py", run_dir, *overrides, "--config.job=evaluate")
+  with open(os.path.join(run_dir, "eval_test.json")) as f:
+    scores = json.load(f)
+  return {"cer": scores["cer"], "wer": scores["wer"], "finetune_seconds": round(seconds)}
+
+
+def mean(values: list[float]) -> float:
+  return sum(values) / len(values)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  pretrained = pretrain(workdir)
+  runs = []
+  for minutes in _MINUTES.value:
+    for seed in _SEEDS.value:
+      for arm, init_from in (("pretrained", pretrained), ("scratch", None)):
+        run_dir = os.path.join(workdir, f"{arm}_{minutes}min_seed{seed}")
+        scores = finetune_and_score(run_dir, minutes, seed, init_from)
+        runs.append({"arm": arm, "labelled_minutes": float(minutes), "seed": int(seed), **scores})
+
+  summary = []
+  for minutes in _MINUTES.value:
+    cer = {
+      arm: mean(
+        [r["cer"] for r in runs if r["arm"] == arm and r["labelled_minutes"] == float(minutes)]
+      )
+      for arm in ("pretrained", "scratch")
+    }
+    summary.append(
+      {
+        "labelled_minutes": float(minutes),
+        "cer_pretrained": cer["pretrained"],
+        "cer_scratch": cer["scratch"],
+        "relative_cer_reduction": 1 - cer["pretrained"] / cer["scratch"],
+      }
+    )
+  results = {"pretrain_workdir": pretrained, "runs": runs, "summary": summary}
+  with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+
+  lines = [
+    "| arm | labelled min | seed | CER | WER | fine-tune wall time |",
+    "|---|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {r['arm']} | {r['labelled_minutes']:g} | {r['seed']} | {r['cer']:.3f} | {r['wer']:.3f} "
+    f"| {r['finetune_seconds']} s |"
+    for r in runs
+  ]
+  lines += ["", "| labelled min | CER pretrained | CER scratch | relative CER reduction |"]
+  lines += ["|---|---|---|---|"]
+  lines += [
+    f"| {s['labelled_minutes']:g} | {s['cer_pretrained']:.3f} | {s['cer_scratch']:.3f} "
+    f"| {s['relative_cer_reduction']:.1%} |"
+    for s in summary
+  ]
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,189 @@
+"""What one CTC fine-tuning update computes, and the fine-tuning job's stream and trainer.
+
+As fairseq's `wav2vec_ctc` fine-tuning: the feature encoder never trains (its parameters
+get no gradient, no update and no weight decay; `feature_grad_mult` must be 0); for the
+first `optim.freeze_finetune_updates` updates only `lm_head` trains (the rest runs forward
+with dropout, layerdrop and masks but gets no gradient, so its backward pass is skipped);
+time masks, channel masks and layerdrop apply in training; the summed CTC loss's gradient
+is divided by the number of utterances (`sentence_avg`), over all microbatches when
+`grad_accum_steps` > 1.
+"""
+
+from collections.abc import Callable
+import functools
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sslax.data import labelled, text
+from sslax.models import ctc, frontends
+from sslax.objectives import ctc as objective
+from sslax.train import accumulation, optim, sharding, wav2vec2_step
+from sslax.train import state as state_lib
+
+VOCAB_FILE = "vocab.json"
+# Top-level parameter names: the frozen feature encoder and the head trained from step 0.
+FRONTEND, HEAD = "frontend", "lm_head"
+_INIT_FRAMES = 50  # parameter shapes do not depend on the input length
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2Vec2ForCTC:
+  """The CTC model with the config's compute dtype (parameters stay float32)."""
+  if config.model.feature_grad_mult != 0:
+    raise ValueError(
+      f"config.model.feature_grad_mult={config.model.feature_grad_mult}: fine-tuning keeps "
+      "the feature encoder frozen; set it to 0"
+    )
+  return ctc.Wav2Vec2ForCTC(
+    **config.model.to_dict(), vocab_size=vocab_size, dtype=jnp.dtype(config.compute_dtype)
+  )
+
+
+def init_params_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
+  """rng -> boxed parameters (with logical axis names), mask embedding included."""
+  num_samples = 320 * _INIT_FRAMES + 80
+  num_frames = int(frontends.num_frames(num_samples, model.conv_layers))
+
+  def init(rng: jax.Array) -> Any:
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init(
+      {"params": params_rng, "dropout": dropout_rng},
+      jnp.zeros((1, num_samples), jnp.float32),
+      jnp.zeros((1, num_samples), jnp.float32),
+      jnp.zeros((1, num_frames), bool),
+      train=False,
+    )
+    return variables["params"]
+
+  return init
+
+
+def param_group(name: str) -> str:
+  """The optimizer group of a top-level parameter: frontend FROZEN, lm_head TRAINED, the
+  rest (the Transformer side) DELAYED."""
+  if name == FRONTEND:
+    return optim.FROZEN
+  return optim.TRAINED if name == HEAD else optim.DELAYED
+
+
+def make_train_step(
+  model: ctc.Wav2Vec2ForCTC,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  config: ml_collections.ConfigDict,
+) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
+  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
+
+  `batch` holds audio f32[B,S], audio_paddings f32[B,S], mask bool[B,F], channel_mask
+  bool[B,D], labels i32[B,L] and label_paddings f32[B,L]; metrics are the sums of
+  `sslax.objectives.ctc.ctc_loss` plus per-step scalars.
+  """
+  accum = config.grad_accum_steps
+  freeze = config.optim.freeze_finetune_updates
+
+  def loss_fn(params, microbatch, rng, trained):
+    # Parameters outside `trained` are constants: no gradient, and no backward pass
+    # through parts that only they feed (the whole feature encoder).
+    params = {
+      name: value if name in trained else jax.lax.stop_gradient(value)
+      for name, value in params.items()
+    }
+    logits_BxFxV, frame_paddings_BxF = model.apply(
+      {"params": params},
+      microbatch["audio"],
+      microbatch["audio_paddings"],
+      microbatch["mask"],
+      microbatch["channel_mask"],
+      train=True,
+      rngs={"dropout": rng},
+    )
+    return objective.ctc_loss(
+      logits_BxFxV, frame_paddings_BxF, microbatch["labels"], microbatch["label_paddings"]
+    )
+
+  def grads_of(trained: tuple[str, ...]):
+    grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
+    return lambda params, batch, rng: accumulation.summed_grads(grad_fn, params, batch, rng, accum)
+
+  def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    all_but_frontend = grads_of(tuple(sorted(set(state.params) - {FRONTEND})))
+    if freeze > 0:
+      grads, sums = jax.lax.cond(
+        state.step >= freeze, all_but_frontend, grads_of((HEAD,)), state.params, batch, rng
+      )
+    else:
+      grads, sums = all_but_frontend(state.params, batch, rng)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(
+      sums,
+      audio_samples=jnp.sum(1.0 - batch["audio_paddings"]),
+      learning_rate=schedule(state.step),
+      grad_norm=optax.tree.norm(grads),
+    )
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def build_trainer(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int
+) -> wav2vec2_step.Trainer:
+  """Model, optimizer, state shardings and the jitted step (the pretraining Trainer's shape)."""
+  model = build_model(config, vocab_size)
+  tx, schedule = optim.make_finetuning_optimizer(config.optim, config.total_steps, param_group)
+  init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
+    init_params_fn(model), tx, mesh
+  )
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(
+    make_train_step(model, tx, schedule, config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
+  return wav2vec2_step.Trainer(model, schedule, init_fn, abstract_state, state_shardings, step)
+
+
+def vocabulary(data: ml_collections.ConfigDict, workdir: str) -> text.Vocabulary:
+  """The run's vocabulary: `workdir/vocab.json` if present, else built from the transcripts
+  of the whole `data.split` (not only the labelled subset) and saved there."""
+  path = os.path.join(workdir, VOCAB_FILE)
+  if os.path.exists(path):
+    vocab = text.Vocabulary.load(path)
+    logging.info("vocabulary of %d tokens from %s", len(vocab), path)
+    return vocab
+  _, transcripts = labelled.split_transcripts(
+    data.name, data.split, data.data_dir, data.text_key, data.id_key
+  )
+  vocab = text.Vocabulary.build(transcripts)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    vocab.save(path)
+  logging.info("vocabulary of %d tokens built from %s:%s", len(vocab), data.name, data.split)
+  return vocab
+
+
+def finetuning_setup(
+  config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[labelled.FinetuningStream, wav2vec2_step.Trainer]:
+  """The fine-tuning job's input stream and trainer (`sslax.train.loop.train`'s `setup`)."""
+  vocab = vocabulary(config.data, workdir)
+  stream = labelled.FinetuningStream(
+    config.data,
+    config.masking,
+    wav2vec2_step.frames_fn(config),
+    vocab,
+    channels=config.model.embed_dim,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  return stream, build_trainer(config, mesh, len(vocab))

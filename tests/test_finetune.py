@@ -1,0 +1,259 @@
+"""The fine-tuning step and jobs: frozen parameters, sharding, learning, and the fine-tune
+and evaluate jobs end to end (a subprocess each, as a user runs them)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import flax.traverse_util
+import jax
+import jiwer
+import numpy as np
+import pytest
+
+from configs import demo, demo_ctc
+from sslax import evaluate
+from sslax.data import labelled, text
+from sslax.train import checkpoints, ctc_step, sharding, wav2vec2_step
+from sslax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FREEZE = 3
+
+
+def flat(params):
+  return flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
+
+
+@pytest.fixture(scope="module")
+def tiny(demo_data_dir):
+  """A tiny fine-tuning config (no dropout or layerdrop, so runs compare), its vocabulary,
+  one batch and a single-device trainer."""
+  config = demo_ctc.get_config("tiny")
+  config.unlock()
+  config.data.data_dir = demo_data_dir
+  config.total_steps = 300
+  config.optim.learning_rate = 1e-2
+  config.optim.freeze_finetune_updates = FREEZE
+  config.model.update(layerdrop=0.0, activation_dropout=0.0)
+  data = config.data
+  _, transcripts = labelled.split_transcripts(
+    data.name, data.split, data.data_dir, data.text_key, data.id_key
+  )
+  vocab = text.Vocabulary.build(transcripts)
+  stream = labelled.FinetuningStream(
+    data,
+    config.masking,
+    wav2vec2_step.frames_fn(config),
+    vocab,
+    channels=config.model.embed_dim,
+    seed=0,
+    process_index=0,
+    process_count=1,
+  )
+  batch, _ = next(stream.batches())
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  trainer = ctc_step.build_trainer(config, mesh, len(vocab))
+  return config, vocab, batch, mesh, trainer
+
+
+def run_steps(trainer, mesh, batch, state, steps):
+  """Applies `steps` updates on one batch; returns (state, per-step host metrics)."""
+  history = []
+  with sharding.activate(mesh):
+    global_batch = sharding.global_batch(batch, mesh)
+    for _ in range(steps):
+      state, metrics = trainer.step(state, global_batch, jax.random.key(1))
+      history.append(jax.device_get(metrics))
+  return state, history
+
+
+def test_frontend_never_trains_and_the_transformer_waits(tiny):
+  _, _, batch, mesh, trainer = tiny
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+  initial = flat(state.params)
+  for step in range(1, FREEZE + 3):
+    state, _ = run_steps(trainer, mesh, batch, state, 1)
+    params = flat(state.params)
+    for path, value in params.items():
+      name = path.split("/")[0]
+      if name == ctc_step.FRONTEND or (name != ctc_step.HEAD and step <= FREEZE):
+        np.testing.assert_array_equal(value, initial[path], err_msg=f"{path} at step {step}")
+    assert not np.array_equal(params["lm_head/kernel"], initial["lm_head/kernel"])
+  # After the freeze the whole Transformer side trains.
+  for prefix in ("encoder/layers_0/attention", "encoder/pos_conv", "feature_norm", "mask_emb"):
+    changed = [not np.array_equal(v, initial[p]) for p, v in params.items() if p.startswith(prefix)]
+    assert changed and all(changed), prefix
+
+
+def test_sharded_step_equals_single_device(tiny):
+  config, vocab, batch, mesh, trainer = tiny
+  # Batch shards over data and fsdp. (With tensor > 1 as well, the positional conv's
+  # weight gradient comes out wrong, in pretraining too: a bug outside this job.)
+  mesh4 = sharding.make_mesh(dict(data=2, fsdp=2, tensor=1), jax.devices()[:4])
+  trainer4 = ctc_step.build_trainer(config, mesh4, len(vocab))
+  initial = jax.device_get(
+    state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+  )
+  results = []
+  for t, m in ((trainer, mesh), (trainer4, mesh4)):
+    state = jax.device_put(initial, t.state_shardings)
+    # One update in the freeze, then one of the whole model (state.step past the freeze).
+    state, frozen_metrics = run_steps(t, m, batch, state, 1)
+    after_frozen = flat(state.params)
+    state = state.replace(step=jax.device_put(np.int32(FREEZE), state.step.sharding))
+    _, full_metrics = run_steps(t, m, batch, state, 1)
+    results.append((frozen_metrics[0], after_frozen, full_metrics[0]))
+  (frozen1, after1, full1), (frozen4, after4, full4) = results
+  for path, value in after1.items():
+    # float32 reductions in another order: within 1e-6 after an update of size ~1e-4.
+    np.testing.assert_allclose(after4[path], value, atol=1e-6, err_msg=path)
+  for one, eight in ((frozen1, frozen4), (full1, full4)):
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
+    np.testing.assert_allclose(eight["grad_norm"], one["grad_norm"], rtol=1e-4)
+  assert full1["grad_norm"] > frozen1["grad_norm"]  # the Transformer's gradient joins
+
+
+def test_tiny_model_learns_to_transcribe_a_fixed_batch(tiny):
+  """Loss falls and greedy CER on the batch drops from ~1 to near 0 (masks off)."""
+  _, vocab, batch, mesh, trainer = tiny
+  batch = dict(batch, mask=np.zeros_like(batch["mask"]))
+  batch["channel_mask"] = np.zeros_like(batch["channel_mask"])
+  references = [
+    vocab.decode(labels[paddings == 0])
+    for labels, paddings in zip(batch["labels"], batch["label_paddings"], strict=True)
+  ]
+
+  def cer(params):
+    decode = evaluate.make_decode_fn(trainer.model, trainer.state_shardings.params, mesh)
+    with sharding.activate(mesh):
+      best, frames = jax.device_get(decode(params, sharding.global_batch(batch, mesh)))
+    hypotheses = [vocab.decode(text.collapse(b[:n])) for b, n in zip(best, frames, strict=True)]
+    return jiwer.cer(references, hypotheses)
+
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+  assert cer(state.params) > 0.9
+  state, history = run_steps(trainer, mesh, batch, state, 300)
+  losses = [m["loss"] / m["utterances"] for m in history]
+  assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
+  assert cer(state.params) < 0.3
+
+
+# ---- The jobs, end to end ------------------------------------------------------------
+
+
+def run_main(workdir, data_dir, *overrides, env=None):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslax.main",
+      "--config=configs/demo_ctc.py:tiny",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={data_dir}",
+      *overrides,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
+  if result.returncode != 0:
+    raise AssertionError(f"sslax.main failed:\n{result.stderr[-5000:]}")
+  return result
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data_dir):
+  # A pretraining workdir (a tiny model's initial state, checkpointed as the loop does).
+  pretrain_dir = str(tmp_path / "pretrain")
+  config = demo.get_config("tiny")
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  trainer = wav2vec2_step.build_trainer(config, mesh)
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(7))
+  checkpointer = checkpoints.Checkpointer(pretrain_dir, keep=1)
+  checkpointer.save(0, state, {"position": 0})
+  checkpointer.wait()
+  checkpointer.close()
+  pretrained = flat(state.params)
+
+  # The resumed run recompiles the same program: a compilation cache saves the time.
+  # One CPU device, as a user's machine has (not the 8 fake ones of the tests).
+  env = dict(
+    os.environ,
+    XLA_FLAGS="",
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
+  workdir = str(tmp_path / "finetune")
+  run = [
+    "--config.total_steps=8",
+    "--config.checkpoint_every=4",
+    f"--config.init_from={pretrain_dir}",
+  ]
+  result = run_main(workdir, demo_data_dir, *run, env=env)
+  assert "newly initialised: ['lm_head/bias', 'lm_head/kernel']" in result.stderr
+  assert "step 8/8 | loss" in result.stderr
+  vocab = text.Vocabulary.load(os.path.join(workdir, "vocab.json"))
+  assert len(vocab) == 32  # specials, '|', 26 letters and the apostrophe
+  reference = read_metrics(workdir)
+  assert [m["step"] for m in reference] == list(range(1, 9))
+  assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in reference)
+  # Loaded, then frozen: at step 4 (= freeze_finetune_updates) only lm_head has moved;
+  # the frontend never moves.
+  pretraining_only = ("quantizer", "project_q", "final_proj")
+  shared = {path for path in pretrained if path.split("/")[0] not in pretraining_only}
+  frontend = {path for path in shared if path.startswith("frontend/")}
+  for step, fixed in ((4, shared), (8, frontend)):
+    params = flat(checkpoints.load_params(workdir, step))
+    assert set(params) == shared | {"lm_head/kernel", "lm_head/bias"}
+    for path in fixed:
+      np.testing.assert_array_equal(params[path], pretrained[path], err_msg=f"{path} at {step}")
+  assert not np.array_equal(
+    params["encoder/layers_0/fc1/kernel"], pretrained["encoder/layers_0/fc1/kernel"]
+  )
+
+  # Resume: drop the last checkpoint and run the same command again.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+  result = run_main(workdir, demo_data_dir, *run, env=env)
+  assert "resumed from checkpoint 4" in result.stderr
+  assert "vocabulary of 32 tokens from" in result.stderr
+  resumed = read_metrics(workdir)
+  assert [m["step"] for m in resumed] == list(range(1, 9))
+  for a, b in zip(resumed, reference, strict=True):
+    # Same program, same inputs, same device: bitwise equal.
+    assert a["loss"] == b["loss"] and a["data_position"] == b["data_position"], a["step"]
+
+  # Evaluate on the test split.
+  run_main(workdir, demo_data_dir, "--config.job=evaluate", "--config.eval.split=test", env=env)
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    results = json.load(f)
+  ids, transcripts = labelled.split_transcripts(
+    "sslax_demo_corpus", "test", demo_data_dir, "text", "id"
+  )
+  assert results["checkpoint_step"] == 8 and results["dataset"] == "sslax_demo_corpus:test"
+  assert results["normalization"] == text.NORMALIZATION
+  utterances = results["utterances"]
+  assert [u["id"] for u in utterances] == list(ids)
+  assert [u["reference"] for u in utterances] == [text.normalize(t) for t in transcripts]
+  references = [u["reference"] for u in utterances]
+  hypotheses = [u["hypothesis"] for u in utterances]
+  assert results["wer"] == pytest.approx(jiwer.wer(references, hypotheses))
+  assert results["cer"] == pytest.approx(jiwer.cer(references, hypotheses))
+  assert results["words"]["reference"] == sum(len(r.split()) for r in references)
+
+
+def test_evaluate_names_what_is_missing(tmp_path):
+  config = demo_ctc.get_config("tiny")
+  with pytest.raises(FileNotFoundError, match="vocab.json"):
+    evaluate.evaluate(config, str(tmp_path))
+  text.Vocabulary.build(["A B"]).save(str(tmp_path / "vocab.json"))
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    evaluate.evaluate(config, str(tmp_path))
