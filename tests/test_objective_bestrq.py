@@ -30,8 +30,8 @@ def test_loss_and_metrics_match_numpy():
   np.testing.assert_allclose(loss_sum, expected_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
   assert metrics["masked_frames"] == mask.sum()
-  np.testing.assert_allclose(metrics["accuracy"], correct.mean(-1)[mask].sum(), rtol=1e-6)
-  assert 0 < metrics["accuracy"] < metrics["masked_frames"]
+  np.testing.assert_allclose(metrics["correct"], correct.mean(-1)[mask].sum(), rtol=1e-6)
+  assert 0 < metrics["correct"] < metrics["masked_frames"]
 
 
 def test_unmasked_frames_do_not_count_and_gradient_is_softmax_minus_onehot():

@@ -178,5 +178,5 @@ def test_layout_and_logical_names():
   variables = jax.eval_shape(lambda: frontend.init(jax.random.key(0), audio, audio))
   names = nn.get_partition_spec(variables)["params"]
   assert set(names) == {"conv_0", "conv_1", "conv_2"}
-  assert tuple(names["conv_0"]["kernel"]) == ("conv", "conv", None, "embed")
+  assert tuple(names["conv_0"]["kernel"]) == ("conv", None, None, "embed")
   assert nn.unbox(variables)["params"]["conv_1"]["kernel"].shape == (3, 3, 4, 4)

@@ -1,10 +1,18 @@
-"""The part every sslax speech model shares: waveform -> frames -> masked Transformer.
+"""The part every sslax speech model shares: waveform -> frames -> masked encoder.
 
 fairseq's Wav2Vec2Model and HubertModel, and Hugging Face's `Wav2Vec2Model` (which
 `Wav2Vec2ForPreTraining`, `HubertModel` and `Wav2Vec2ForCTC` wrap), run the same path:
 
   conv features -> feature_grad_mult -> feature penalty -> LayerNorm -> post_extract_proj
   -> dropout_input -> time mask (mask_emb) and channel mask (zeros) -> Transformer.
+
+Two fields swap its ends, so every frontend/encoder pairing is a config change:
+`frontend` ('waveform': fairseq's conv stack; 'logmel': `spectrogram.LogMelFrontend`,
+log mel + conv2d subsampling) and `encoder` ('transformer'; 'conformer':
+`conformer.ConformerEncoder`, whose batch norm keeps running statistics in the
+`batch_stats` collection). The defaults are wav2vec 2.0's, so models built without them
+have the parameters, names and numbers they always had. `num_frames` says how many frames
+either frontend gives; the input pipeline masks with it.
 
 `Backbone` holds its fields and `encode()`; a model subclasses it (`kw_only=True`) and
 calls `self.encode(...)` from its compact `__call__`, so the shared parameters keep the
@@ -13,13 +21,31 @@ same flat names in every model ('frontend', 'feature_norm', 'post_extract_proj',
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sslax.models import frontends, transformer
+from sslax.models import conformer, frontends, spectrogram, transformer
+
+FRONTENDS = ("waveform", "logmel")
+ENCODERS = ("transformer", "conformer")
+
+
+def num_frames(num_samples, model: Any):
+  """Frames the model's frontend gives for `num_samples` samples (int or int array).
+
+  `model` is a `Backbone` (or subclass) or its `config.model` fields: the one function the
+  input pipeline (masks, units) and the model agree on, `frontends.num_frames` or
+  `spectrogram.num_frames` by `model.frontend`.
+  """
+  if model.frontend == "waveform":
+    return frontends.num_frames(num_samples, tuple(tuple(layer) for layer in model.conv_layers))
+  if model.frontend == "logmel":
+    return spectrogram.num_frames(num_samples, subsampling=model.mel_subsampling)
+  raise ValueError(f"config.model.frontend={model.frontend!r}; expected one of {FRONTENDS}")
 
 
 @flax.struct.dataclass
@@ -70,6 +96,16 @@ class Backbone(nn.Module):
   dropout_input: float
   layerdrop: float
   feature_grad_mult: float
+  # Defaults: wav2vec 2.0's waveform frontend and Transformer (configs/common.py comments).
+  frontend: str = "waveform"
+  mel_bins: int = 80
+  mel_normalization: str = "utterance"
+  mel_subsampling: int = 4
+  mel_conv_channels: int = 256
+  encoder: str = "transformer"
+  conformer_position_embeddings: str = "relative"
+  conformer_conv_kernel: int = 31
+  conformer_conv_norm: str = "batch_norm"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -83,6 +119,58 @@ class Backbone(nn.Module):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]),
       name=name,
     )
+
+  def make_frontend(self) -> nn.Module:
+    """The 'frontend' submodule `self.frontend` names (call from a compact method)."""
+    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype, name="frontend")
+    if self.frontend == "waveform":
+      return frontends.WaveformFrontend(
+        self.conv_layers, self.extractor_mode, self.conv_bias, **dtypes
+      )
+    if self.frontend == "logmel":
+      return spectrogram.LogMelFrontend(
+        num_mel_bins=self.mel_bins,
+        normalization=self.mel_normalization,
+        subsampling=self.mel_subsampling,
+        conv_channels=self.mel_conv_channels,
+        **dtypes,
+      )
+    raise ValueError(f"config.model.frontend={self.frontend!r}; expected one of {FRONTENDS}")
+
+  def make_encoder(self) -> nn.Module:
+    """The 'encoder' submodule `self.encoder` names (call from a compact method).
+
+    The conformer has no convolutional positional embedding (fairseq's and transformers'
+    conformers do not use one), so `layer_norm_first` and `pos_conv_*` are Transformer
+    fields it ignores.
+    """
+    shared = (self.num_layers, self.num_heads, self.mlp_dim)
+    regularisation = dict(
+      dropout=self.dropout,
+      attention_dropout=self.attention_dropout,
+      activation_dropout=self.activation_dropout,
+      layerdrop=self.layerdrop,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="encoder",
+    )
+    if self.encoder == "transformer":
+      return transformer.TransformerEncoder(
+        *shared,
+        self.layer_norm_first,
+        self.pos_conv_kernel,
+        self.pos_conv_groups,
+        **regularisation,
+      )
+    if self.encoder == "conformer":
+      return conformer.ConformerEncoder(
+        *shared,
+        position_embeddings=self.conformer_position_embeddings,
+        conv_kernel=self.conformer_conv_kernel,
+        conv_norm=self.conformer_conv_norm,
+        **regularisation,
+      )
+    raise ValueError(f"config.model.encoder={self.encoder!r}; expected one of {ENCODERS}")
 
   def encode(
     self,
@@ -99,20 +187,14 @@ class Backbone(nn.Module):
       audio_BxS: f32[B, S] 16 kHz waveform, right-padded.
       audio_paddings_BxS: f32[B, S], 1.0 at padding.
       mask_BxF: bool[B, F] frames replaced by the learned mask embedding, F =
-        frontends.num_frames(S, conv_layers); None masks nothing (no 'mask_emb' is then
-        created, as in a model that never masks).
-      deterministic: no dropout or layerdrop when True; else needs the 'dropout' rng.
+        num_frames(S, self); None masks nothing (no 'mask_emb' is then created, as in a
+        model that never masks).
+      deterministic: no dropout or layerdrop when True; else needs the 'dropout' rng (and,
+        with a batch-norm conformer, `mutable=['batch_stats']`).
       channel_mask_BxD: bool[B, embed_dim] channels zeroed at every frame (fine-tuning's
         mask_channel, fairseq `apply_mask`); None zeroes nothing.
     """
-    features_BxFxC, frame_paddings_BxF = frontends.WaveformFrontend(
-      self.conv_layers,
-      self.extractor_mode,
-      self.conv_bias,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="frontend",
-    )(audio_BxS, audio_paddings_BxS)
+    features_BxFxC, frame_paddings_BxF = self.make_frontend()(audio_BxS, audio_paddings_BxS)
     # fairseq GradMultiply: identity forward, gradient into the extractor scaled by m
     # (m = 0 freezes it). Written so the forward value is exactly the features.
     frozen_BxFxC = jax.lax.stop_gradient(features_BxFxC)
@@ -143,21 +225,9 @@ class Backbone(nn.Module):
       x_BxFxD = jnp.where(channel_mask_BxD[:, None, :], jnp.zeros((), self.dtype), x_BxFxD)
     x_BxFxD = nn.with_logical_constraint(x_BxFxD, ("batch", "time", "embed"))
 
-    x_BxFxD, hidden_states = transformer.TransformerEncoder(
-      self.num_layers,
-      self.num_heads,
-      self.mlp_dim,
-      self.layer_norm_first,
-      self.pos_conv_kernel,
-      self.pos_conv_groups,
-      self.dropout,
-      self.attention_dropout,
-      self.activation_dropout,
-      self.layerdrop,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="encoder",
-    )(x_BxFxD, frame_paddings_BxF, deterministic=deterministic, return_all_layers=True)
+    x_BxFxD, hidden_states = self.make_encoder()(
+      x_BxFxD, frame_paddings_BxF, deterministic=deterministic, return_all_layers=True
+    )
     return BackboneOutput(
       features=features_BxFxC,
       encoded=x_BxFxD,

@@ -254,7 +254,7 @@ class LogMelFrontend(nn.Module):
         param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
           nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-          ("conv", "conv", None, "embed"),
+          ("conv", None, None, "embed"),
         ),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=f"conv_{i}",

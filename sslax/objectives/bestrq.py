@@ -30,8 +30,8 @@ def bestrq_loss(
     loss_sum: f32[], to be divided by the batch's total `masked_frames`.
     metric_sums: f32[] sums, each a mean once divided by `masked_frames`, so they add
       across microbatches and devices: `masked_frames`; `loss` loss_sum (nats);
-      `accuracy` summed over masked frames of the fraction of codebooks whose argmax is
-      the target.
+      `correct` summed over masked frames of the fraction of codebooks whose argmax is
+      the target (reported as `accuracy`, as wav2vec 2.0's `correct`).
   """
   logits_BxTxGxV = logits_BxTxGxV.astype(jnp.float32)
   mask_BxT = mask_BxT.astype(bool)
@@ -40,6 +40,6 @@ def bestrq_loss(
   nll_BxTxG = -jnp.take_along_axis(log_probs_BxTxGxV, targets_BxTxGx1, axis=-1)[..., 0]
   correct_BxTxG = jnp.argmax(logits_BxTxGxV, axis=-1) == targets_BxTxG
   loss_sum = jnp.sum(jnp.where(mask_BxT, jnp.mean(nll_BxTxG, axis=-1), 0.0))
-  accuracy_sum = jnp.sum(jnp.where(mask_BxT, jnp.mean(correct_BxTxG, axis=-1), 0.0))
+  correct_sum = jnp.sum(jnp.where(mask_BxT, jnp.mean(correct_BxTxG, axis=-1), 0.0))
   masked_frames = jnp.sum(mask_BxT, dtype=jnp.float32)
-  return loss_sum, {"masked_frames": masked_frames, "loss": loss_sum, "accuracy": accuracy_sum}
+  return loss_sum, {"masked_frames": masked_frames, "loss": loss_sum, "correct": correct_sum}

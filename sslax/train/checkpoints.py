@@ -5,6 +5,9 @@ Each checkpoint is one step directory holding two items: `state` (the sharded
 pipeline's position, the same on every process, as JSON). Orbax writes into a temporary
 directory and renames it when complete, so a job killed at any moment, even during an
 asynchronous save, leaves the latest complete checkpoint intact.
+
+A `TrainState` holds `model_state` (batch statistics, frozen variables; see
+sslax/train/state.py); checkpoints written before it existed restore with it empty.
 """
 
 import os
@@ -13,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sslax.train import state as state_lib
 
 
 class Checkpointer:
@@ -43,11 +48,23 @@ class Checkpointer:
     target = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
     )
+    legacy = isinstance(target, state_lib.TrainState) and "model_state" not in _saved_fields(
+      os.path.join(self._manager.directory, str(step), "state")
+    )
+    if legacy:
+      # Written before TrainState had `model_state`: restore the other fields.
+      if jax.tree.leaves(target.model_state):
+        raise ValueError(
+          f"checkpoint {step} holds no model_state, but the model has "
+          f"{sorted(target.model_state)} (batch statistics or frozen variables)"
+        )
+      target = {name: getattr(target, name) for name in ("step", "params", "opt_state")}
     restored = self._manager.restore(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
     )
-    return restored["state"], restored["data"]
+    state = state_lib.TrainState(**restored["state"]) if legacy else restored["state"]
+    return state, restored["data"]
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are complete."""
@@ -55,6 +72,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _saved_fields(path: str) -> set[str]:
+  """Top-level names of the state tree saved at `path` (a step's 'state' item)."""
+  return set(ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree)
 
 
 def load_params(workdir: str, step: int | None = None) -> Any:

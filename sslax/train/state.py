@@ -2,6 +2,11 @@
 
 Parameters are never materialised on one device first, so a model that only fits when
 sharded (Large on small accelerators, anything FSDP) initialises as easily as a tiny one.
+
+Variables that are not trained by the optimizer (a conformer's batch-norm running
+statistics in `batch_stats`, BEST-RQ's frozen projections and codebooks in `frozen`)
+travel in `TrainState.model_state`, keyed by collection; it is empty for models without
+them, so a state built as before, and its checkpoints, are unchanged.
 """
 
 from collections.abc import Callable
@@ -14,6 +19,10 @@ import optax
 
 from sslax.train import sharding
 
+# model_state collections a training forward pass updates (batch-norm running statistics);
+# the others (BEST-RQ's `frozen`) are read only.
+MUTABLE_COLLECTIONS = ("batch_stats",)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -22,28 +31,56 @@ class TrainState:
   step: i32[], number of optimizer updates applied so far.
   params: float32 parameter tree (compute dtype is chosen per step, not stored).
   opt_state: the optimizer state for `params`.
+  model_state: the model's other variable collections ({'batch_stats': ..., 'frozen':
+    ...}), sharded by their logical axis names like `params`; {} when it has none.
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: dict = flax.struct.field(default_factory=dict)
+
+
+def apply_train(
+  model: nn.Module, params: Any, model_state: dict, *args, **kwargs
+) -> tuple[Any, dict]:
+  """`model.apply({'params': params, **model_state}, *args, **kwargs)` for a training pass.
+
+  Returns (outputs, updated MUTABLE_COLLECTIONS): {} for a model without them, else the
+  new values to put in `model_state`.
+  """
+  mutable = [name for name in MUTABLE_COLLECTIONS if name in model_state]
+  outputs, updates = model.apply(
+    {"params": params, **model_state}, *args, mutable=mutable, **kwargs
+  )
+  return outputs, dict(updates)
 
 
 def abstract_state_and_shardings(
   init_params: Callable[[jax.Array], Any],
   tx: optax.GradientTransformation,
   mesh: jax.sharding.Mesh,
+  *,
+  all_collections: bool = False,
 ) -> tuple[Callable[[jax.Array], TrainState], TrainState, Any]:
   """Returns (init_fn, abstract unboxed state, state shardings).
 
   `init_params(rng)` returns the model's boxed parameters (carrying logical axis names);
-  optimizer moments inherit those names because optax maps over the boxes.
+  optimizer moments inherit those names because optax maps over the boxes. With
+  `all_collections`, it returns every variable collection of the model (`model.init`'s
+  result): 'params' are the parameters, the others become `model_state`, from one trace.
   """
 
   def init_boxed(rng: jax.Array) -> TrainState:
-    params = init_params(rng)
+    params, model_state = init_params(rng), {}
+    if all_collections:
+      model_state = {name: tree for name, tree in params.items() if name != "params"}
+      params = params["params"]
     return TrainState(
-      step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params)
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=params,
+      opt_state=tx.init(params),
+      model_state=model_state,
     )
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(0))

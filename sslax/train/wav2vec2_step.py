@@ -1,9 +1,16 @@
-"""What one wav2vec 2.0 pretraining update computes: model, loss, gradient, optimizer.
+"""What one pretraining update computes: model, loss, gradient, optimizer.
 
 The step is one jitted function over the global batch. With `grad_accum_steps = A` the
 batch is split into A microbatches scanned in sequence; their gradient and metric sums
 are added and divided once by the total number of masked frames, which is fairseq's
 normalisation by `sample_size` over accumulated updates.
+
+`config.objective.name` picks what is learned: 'wav2vec2' (contrastive, this module) or
+'bestrq' (random-projection targets, `sslax.train.bestrq_step`). Everything else is
+shared by `make_update_step`: accumulation, the model's non-parameter state, the
+optimizer. A conformer with batch norm trains with `mutable=['batch_stats']`; its running
+statistics are updated once per step with the mean of the microbatches' updates, and the
+frozen BEST-RQ quantizer (`frozen`) is passed through unchanged.
 """
 
 from collections.abc import Callable
@@ -15,43 +22,66 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax.models import frontends, wav2vec2
+from sslax.models import backbone, wav2vec2
 from sslax.objectives import wav2vec2 as objective
-from sslax.train import optim, sharding
+from sslax.train import accumulation, bestrq_step, optim, sharding
 from sslax.train import state as state_lib
 
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
+OBJECTIVES = ("wav2vec2", "bestrq")
+
+# loss_fn(params, model_state, microbatch, rng, scalars) -> (loss sum, (metric sums,
+# updated model_state collections)); `scalars` are the step's per-step values.
+LossFn = Callable[[Any, dict, dict, jax.Array, dict], tuple[jax.Array, tuple[dict, dict]]]
 
 
-def build_model(config: ml_collections.ConfigDict) -> wav2vec2.Wav2Vec2:
+def _objective_name(config: ml_collections.ConfigDict) -> str:
+  name = config.objective.name
+  if name not in OBJECTIVES:
+    raise ValueError(f"config.objective.name={name!r}; expected one of {OBJECTIVES}")
+  return name
+
+
+def build_model(config: ml_collections.ConfigDict) -> backbone.Backbone:
   """The pretraining model with the config's compute dtype (parameters stay float32)."""
+  if _objective_name(config) == "bestrq":
+    return bestrq_step.build_model(config)
   return wav2vec2.Wav2Vec2(**config.model.to_dict(), dtype=jnp.dtype(config.compute_dtype))
 
 
 def frames_fn(config: ml_collections.ConfigDict) -> Callable[[int], int]:
-  """Frames the model produces for a number of samples; the pipeline masks with it."""
-  conv_layers = tuple(tuple(layer) for layer in config.model.conv_layers)
-  return lambda num_samples: int(frontends.num_frames(num_samples, conv_layers))
+  """Frames the model produces for a number of samples; the pipeline masks with it.
+
+  `backbone.num_frames`, the function the model's frontend follows, for either frontend.
+  """
+  return lambda num_samples: int(backbone.num_frames(num_samples, config.model))
 
 
-def init_params_fn(model: wav2vec2.Wav2Vec2) -> Callable[[jax.Array], Any]:
-  """rng -> boxed parameters (with logical axis names), from a short dummy utterance."""
+def init_variables_fn(model: backbone.Backbone) -> Callable[[jax.Array], Any]:
+  """rng -> every boxed variable collection (with logical axis names) of the model, from a
+  short dummy utterance."""
   num_samples = 320 * _INIT_FRAMES + 80
-  num_frames = int(frontends.num_frames(num_samples, model.conv_layers))
+  num_frames = int(backbone.num_frames(num_samples, model))
+  extra = {"gumbel_temperature": 1.0} if isinstance(model, wav2vec2.Wav2Vec2) else {}
 
   def init(rng: jax.Array) -> Any:
     params_rng, dropout_rng, gumbel_rng = jax.random.split(rng, 3)
-    variables = model.init(
+    return model.init(
       {"params": params_rng, "dropout": dropout_rng, "gumbel": gumbel_rng},
       jnp.zeros((1, num_samples), jnp.float32),
       jnp.zeros((1, num_samples), jnp.float32),
       jnp.zeros((1, num_frames), bool),
       train=False,
-      gumbel_temperature=1.0,
+      **extra,
     )
-    return variables["params"]
 
   return init
+
+
+def init_params_fn(model: backbone.Backbone) -> Callable[[jax.Array], Any]:
+  """rng -> boxed parameters (with logical axis names)."""
+  init = init_variables_fn(model)
+  return lambda rng: init(rng)["params"]
 
 
 def gumbel_temperature(gumbel: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
@@ -59,33 +89,25 @@ def gumbel_temperature(gumbel: ml_collections.ConfigDict, step: jax.Array) -> ja
   return jnp.maximum(gumbel.start * gumbel.decay ** step.astype(jnp.float32), gumbel.end)
 
 
-def make_train_step(
-  model: wav2vec2.Wav2Vec2,
-  tx: optax.GradientTransformation,
-  schedule: optax.Schedule,
-  config: ml_collections.ConfigDict,
-) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
-  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
-
-  `batch` holds audio f32[B,S], audio_paddings f32[B,S] and mask bool[B,F]; metrics are
-  sums over the batch (see `sslax.objectives.wav2vec2`) plus per-step scalars.
-  """
-  accum = config.grad_accum_steps
+def wav2vec2_loss_fn(model: wav2vec2.Wav2Vec2, config: ml_collections.ConfigDict) -> LossFn:
+  """The contrastive objective as a `LossFn`; scalars hold `gumbel_temperature`."""
   obj = config.objective
 
-  def loss_fn(params, microbatch, rng, temperature):
+  def loss_fn(params, model_state, microbatch, rng, scalars):
     dropout_rng, gumbel_rng, negatives_rng = jax.random.split(rng, 3)
-    outputs = model.apply(
-      {"params": params},
+    outputs, updates = state_lib.apply_train(
+      model,
+      params,
+      model_state,
       microbatch["audio"],
       microbatch["audio_paddings"],
       microbatch["mask"],
       train=True,
-      gumbel_temperature=temperature,
+      gumbel_temperature=scalars["gumbel_temperature"],
       rngs={"dropout": dropout_rng, "gumbel": gumbel_rng},
     )
     negatives = objective.sample_negatives(negatives_rng, microbatch["mask"], obj.num_negatives)
-    return objective.wav2vec2_loss(
+    loss_sum, sums = objective.wav2vec2_loss(
       outputs,
       microbatch["mask"],
       negatives,
@@ -93,44 +115,80 @@ def make_train_step(
       diversity_weight=obj.diversity_weight,
       feature_penalty_weight=obj.feature_penalty_weight,
     )
+    return loss_sum, (sums, updates)
 
+  return loss_fn
+
+
+def make_update_step(
+  loss_fn: LossFn,
+  step_scalars: Callable[[jax.Array], dict],
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  grad_accum_steps: int,
+) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
+  """The update every pretraining objective shares: `step(state, batch, rng)`.
+
+  Gradients and metric sums of `loss_fn` over `grad_accum_steps` microbatches
+  (`accumulation.summed_grads`), divided by the summed `masked_frames`; updated model
+  state collections are averaged over the microbatches; metrics are the sums plus
+  `step_scalars(step)` and per-step learning rate, grad norm and audio samples.
+  """
+  accum = grad_accum_steps
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    temperature = gumbel_temperature(config.gumbel, state.step)
-    if accum == 1:
-      grads, sums = grad_fn(state.params, batch, rng, temperature)
-    else:
-      # Rows j*A + a form microbatch a, so each device keeps its own rows (no resharding).
-      micro = jax.tree.map(
-        lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch
-      )
+    scalars = step_scalars(state.step)
 
-      def accumulate(carry, xs):
-        microbatch, index = xs
-        grads, sums = grad_fn(state.params, microbatch, jax.random.fold_in(rng, index), temperature)
-        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+    def microbatch_grads(params, microbatch, microbatch_rng):
+      return grad_fn(params, state.model_state, microbatch, microbatch_rng, scalars)
 
-      first = jax.tree.map(lambda x: x[0], micro)
-      zeros = jax.tree.map(
-        jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng, temperature)
-      )
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum)))
+    grads, (sums, updates) = accumulation.summed_grads(
+      microbatch_grads, state.params, batch, rng, accum
+    )
+    updates = jax.tree.map(lambda total: total / accum, updates)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["masked_frames"], 1.0), grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
     metrics = dict(
       sums,
+      **scalars,
       audio_samples=jnp.sum(1.0 - batch["audio_paddings"]),
       learning_rate=schedule(state.step),
-      gumbel_temperature=temperature,
       grad_norm=optax.tree.norm(grads),
     )
-    new_state = state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      model_state=dict(state.model_state, **updates),
+    )
     return new_state, metrics
 
   return step
+
+
+def make_train_step(
+  model: backbone.Backbone,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  config: ml_collections.ConfigDict,
+) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
+  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
+
+  `batch` holds audio f32[B,S], audio_paddings f32[B,S] and mask bool[B,F]; metrics are
+  sums over the batch (see `sslax.objectives.wav2vec2` or `.bestrq`) plus per-step scalars.
+  """
+  if _objective_name(config) == "bestrq":
+    loss_fn, scalars = bestrq_step.loss_fn(model), lambda step: {}
+  else:
+    loss_fn = wav2vec2_loss_fn(model, config)
+
+    def scalars(step):
+      return {"gumbel_temperature": gumbel_temperature(config.gumbel, step)}
+
+  return make_update_step(loss_fn, scalars, tx, schedule, config.grad_accum_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +203,7 @@ class Trainer:
     inside `sharding.activate(mesh)`.
   """
 
-  model: wav2vec2.Wav2Vec2
+  model: backbone.Backbone
   schedule: optax.Schedule
   init_fn: Callable[[jax.Array], state_lib.TrainState]
   abstract_state: state_lib.TrainState
@@ -158,7 +216,7 @@ def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
   model = build_model(config)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
-    init_params_fn(model), tx, mesh
+    init_variables_fn(model), tx, mesh, all_collections=True
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(
