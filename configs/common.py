@@ -36,6 +36,15 @@ def wav2vec2_model(**overrides) -> ml_collections.ConfigDict:
       latent_vars=320,  # V: codewords per codebook group
       latent_groups=2,  # G: codebook groups
       latent_dim=0,  # codevector dim (all groups); 0 means final_dim
+      frontend="waveform",  # 'waveform' (conv_layers) or 'logmel' (log mel + conv2d subsampling)
+      mel_bins=80,  # 'logmel': mel bins (25 ms windows, 10 ms hop)
+      mel_normalization="utterance",  # 'logmel': per-bin 'utterance' normalisation or 'none'
+      mel_subsampling=4,  # 'logmel': time reduction by stride-2 conv2d (4: 40 ms frames)
+      mel_conv_channels=256,  # 'logmel': channels of each subsampling conv
+      encoder="transformer",  # 'transformer' or 'conformer' (Gulati et al. 2020)
+      conformer_position_embeddings="relative",  # 'conformer': 'relative' or 'rotary'
+      conformer_conv_kernel=31,  # 'conformer': depthwise conv width (frames, odd)
+      conformer_conv_norm="batch_norm",  # 'conformer': 'batch_norm' or 'layer_norm' in conv
     )
   )
   model.update(overrides)
@@ -70,6 +79,26 @@ def pretrain_config() -> ml_collections.ConfigDict:
       min_samples=32_000,  # shorter utterances are dropped
       normalize=False,  # per-utterance zero mean, unit variance (fairseq task.normalize)
       prefetch=2,  # batches prepared ahead of the train step
+      # Crop lengths (samples, exact frame counts, largest = max_samples), one static batch
+      # shape each; () means every batch is max_samples long (sslax/data/buckets.py).
+      buckets=(),
+      bucket_batch_multiple=1,  # bucket batches are multiples of it (of data x fsdp x accum)
+      mixture=(),  # ((name, split), ...) sources sampled by temperature; () reads name:split
+      mixture_alpha=0.5,  # p_i proportional to (usable examples)^alpha (XLS-R: 0.5)
+      # Wav2Vec-Aug (sslax/data/augment.py), per utterance before the crop; off in the papers.
+      augment=ml_collections.ConfigDict(
+        dict(
+          speed_prob=0.0,  # chance of a speed change (pitch and tempo)
+          speed_factors=(0.9, 1.0, 1.1),  # its factor, drawn uniformly (Kaldi's perturbation)
+          gain_prob=0.0,  # chance of a gain
+          gain_db=(-6.0, 6.0),  # its range (dB), drawn uniformly
+          noise_prob=0.0,  # chance of additive noise
+          snr_db=(5.0, 20.0),  # its signal-to-noise ratio range (dB), drawn uniformly
+          noise_colours=("white", "pink", "brown"),  # generated noise when no noise_dataset
+          noise_dataset="",  # TFDS noise clips (e.g. MUSAN via sslax.data.manifest); '': none
+          noise_split="train",  # its split
+        )
+      ),
     )
   )
 
@@ -87,6 +116,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict(
     dict(
+      name="wav2vec2",  # 'wav2vec2' (contrastive) or 'bestrq' (see bestrq_pretrain_config)
       num_negatives=100,  # K distractors from masked frames of the same utterance
       logit_temp=0.1,  # cosine similarity is divided by this
       diversity_weight=0.1,  # weight of (GV - perplexity) / GV
@@ -108,4 +138,259 @@ def pretrain_config() -> ml_collections.ConfigDict:
       clip_norm=0.0,  # global gradient-norm clipping; 0 disables
     )
   )
+  return c
+
+
+def kmeans_config() -> ml_collections.ConfigDict:
+  """Fields of the k-means job (sslax/units/job.py); values: fairseq HuBERT iteration 1."""
+  c = ml_collections.ConfigDict()
+  c.job = "kmeans"  # which job sslax.main runs
+  c.seed = 0  # seeds the fit sample, k-means++ and the mini-batch order
+
+  # Device mesh for the fit: axis sizes, -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name="sslax_demo_corpus",  # TFDS dataset name (one 16 kHz Audio feature, ArrayRecord)
+      split="train",  # TFDS split expression
+      data_dir="",  # TFDS data_dir; '' means the TFDS default (~/tensorflow_datasets)
+      key_feature="id",  # the feature that names each example; units are joined on it
+      read_threads=4,  # examples read and featurised in parallel
+    )
+  )
+
+  c.features = ml_collections.ConfigDict(
+    dict(
+      source="mfcc",  # 'mfcc' (39-dim Kaldi MFCC + deltas, 100 Hz) or 'checkpoint'
+      checkpoint="",  # 'checkpoint': an sslax checkpoint dir or hf:HF_DIR
+      layer=6,  # 'checkpoint': hidden state index (0 = input to the first Transformer layer)
+      normalize=False,  # 'checkpoint': per-utterance zero-mean unit-variance waveform
+      batch_size=8,  # 'checkpoint': utterances per forward pass
+      pad_multiple=16_000,  # 'checkpoint': batches padded to a multiple of this (samples)
+    )
+  )
+
+  # The fit sample: utterances drawn at random, then a uniform sample of their frames.
+  c.fit = ml_collections.ConfigDict(
+    dict(
+      utterance_fraction=0.1,  # share of utterances read for the fit (fairseq: 10%)
+      max_frames=2_000_000,  # frames kept (all processes together): bounds host memory
+    )
+  )
+
+  c.kmeans = ml_collections.ConfigDict(
+    dict(
+      num_clusters=100,  # K (HuBERT: 100 on MFCC, 500 on hidden states)
+      method="lloyd",  # 'lloyd' (full passes) or 'minibatch'
+      batch_size=10_000,  # points per chunk / mini-batch (fairseq: 10000)
+      max_iter=100,  # Lloyd passes or mini-batch epochs (fairseq: 100)
+      tol=1e-4,  # Lloyd: stop when a pass improves the inertia by at most this, relative
+      max_no_improvement=100,  # mini-batch early stopping, in steps (fairseq: 100)
+      init_size=30_000,  # points k-means++ seeds from (scikit-learn: 3 x batch_size)
+      num_init=20,  # k-means++ seedings tried; the lowest potential wins (fairseq: 20)
+    )
+  )
+
+  c.units = ml_collections.ConfigDict(
+    dict(
+      examples_per_shard=1_000,  # examples per unit shard (consecutive in the split)
+    )
+  )
+  return c
+
+
+# wav2vec2_model() fields that HuBERT lacks: its quantizer, and dropout_features, which
+# fairseq's HubertModel applies to features it never uses.
+_WAV2VEC2_ONLY_FIELDS = ("dropout_features", "latent_vars", "latent_groups", "latent_dim")
+
+
+def hubert_model(**overrides) -> ml_collections.ConfigDict:
+  """HuBERT Base model fields (fairseq hubert_base_librispeech.yaml), with overrides.
+
+  The yaml's backbone values are wav2vec 2.0 Base's, so they are taken from
+  `wav2vec2_model()`; final_dim (256) keeps its meaning: the width of the space where
+  frames meet cluster embeddings.
+  """
+  backbone = {k: v for k, v in wav2vec2_model().items() if k not in _WAV2VEC2_ONLY_FIELDS}
+  model = ml_collections.ConfigDict(
+    dict(
+      **backbone,
+      num_classes=(500,),  # clusters per label set (one entry per set; k-means K)
+      untie_final_proj=True,  # a final_dim slice of final_proj per label set
+    )
+  )
+  model.update(overrides)
+  return model
+
+
+def hubert_pretrain_config() -> ml_collections.ConfigDict:
+  """Fields shared by HuBERT pretraining configs (fairseq hubert_base_librispeech.yaml).
+
+  `pretrain_config()` with HuBERT's model, masking, objective and clipping, its units
+  instead of the Gumbel schedule. The job does not exist yet: sslax.main rejects
+  'pretrain_hubert' until the HuBERT training job lands.
+  """
+  c = pretrain_config()
+  c.job = "pretrain_hubert"  # which job sslax.main runs
+  c.data.batch_size = 192  # 32 GPUs x 1.4M samples = 179 crops of 250k, rounded up
+  c.masking.mask_prob = 0.8  # the yaml's mask_prob (wav2vec 2.0: 0.65)
+  c.model = hubert_model()
+  c.objective = ml_collections.ConfigDict(
+    dict(
+      logit_temp=0.1,  # cosine similarity to each cluster embedding is divided by this
+      pred_masked_weight=1.0,  # weight of the masked frames' cross-entropy
+      pred_nomask_weight=0.0,  # weight of the unmasked frames' cross-entropy
+      feature_penalty_weight=10.0,  # weight of the mean squared conv features
+    )
+  )
+  c.units = ml_collections.ConfigDict(
+    dict(
+      dir="",  # the k-means job's unit shards (their manifest gives K and the label rate)
+      label_rate=50,  # units per second: 100 (MFCC, iteration 1) or 50 (model features)
+    )
+  )
+  del c.gumbel  # no quantizer
+  c.optim.clip_norm = 10.0  # global gradient-norm clipping
+  return c
+
+
+# wav2vec2_model() fields of pretraining only (quantizer, its input dropout, final_proj).
+_PRETRAINING_ONLY_FIELDS = (
+  "dropout_features",
+  "final_dim",
+  "latent_vars",
+  "latent_groups",
+  "latent_dim",
+)
+
+
+def ctc_model(pretrained: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """`Wav2Vec2ForCTC` fields: the architecture of a pretraining `config.model` with fairseq's
+  fine-tuning regularisation (Wav2Vec2AsrConfig defaults and the finetuning yamls), then
+  `overrides`.
+  """
+  model = ml_collections.ConfigDict(
+    {k: v for k, v in pretrained.items() if k not in _PRETRAINING_ONLY_FIELDS}
+  )
+  model.update(
+    dict(
+      dropout=0.0,  # residual dropout in the Transformer
+      attention_dropout=0.0,  # dropout on attention probabilities
+      activation_dropout=0.1,  # dropout after the feed-forward activation
+      dropout_input=0.0,  # dropout on projected features before masking
+      layerdrop=0.1,  # probability of skipping a Transformer layer in training
+      feature_grad_mult=0.0,  # the feature encoder is frozen (must be 0)
+    )
+  )
+  model.final_dropout = 0.0  # dropout before the CTC head (fairseq final_dropout)
+  model.update(overrides)
+  return model
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+  """Fields shared by CTC fine-tuning configs (values: fairseq base_10h.yaml on LibriSpeech).
+
+  `pretrain_config()`'s run, mesh and data fields, with whole labelled utterances, channel
+  masking, the CTC model and the tri-stage Adam; no contrastive objective or Gumbel schedule.
+  """
+  c = pretrain_config()
+  c.job = "finetune"  # which job sslax.main runs ('evaluate' scores the run's checkpoint)
+  c.total_steps = 20_000  # optimizer updates
+  c.log_every = 200  # steps between progress lines / TensorBoard points
+  c.checkpoint_every = 1_000  # steps between checkpoints (one is also written at the end)
+  del c.objective, c.gumbel
+
+  c.data.name = "librispeech"  # TFDS dataset with an Audio and a transcript feature
+  c.data.split = "train_clean100"  # the labelled split (the vocabulary comes from all of it)
+  # Global batch (utterances): fairseq's 2 GPUs x 3.2M samples x update_freq 4 hold about
+  # 128 LibriSpeech utterances.
+  c.data.batch_size = 128
+  c.data.max_samples = 560_080  # utterances are padded to this; longer ones are dropped (35 s)
+  c.data.min_samples = 0  # shorter utterances are dropped
+  c.data.text_key = "text"  # the transcript feature
+  c.data.id_key = "id"  # the feature naming each utterance (evaluation output)
+  c.data.max_label_length = 640  # labels padded to this; utterances with more characters dropped
+  c.data.labelled_minutes = 0.0  # seeded random subset of the split with this much audio; 0: all
+  c.data.subset_seed = 0  # seeds that subset (independent of `seed`, so arms share it)
+
+  # Time masks (fairseq apply_mask: same spans as pretraining) and channel masks.
+  c.masking.mask_prob = 0.65  # expected share of frames that start a span, times mask_length
+  c.masking.mask_channel_prob = 0.5  # the same for channels of the Transformer input
+  c.masking.mask_channel_length = 64  # channel span length
+
+  c.model = ctc_model(wav2vec2_model(), layerdrop=0.05)
+
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=5e-5,  # peak learning rate
+      phase_ratios=(0.1, 0.4, 0.5),  # tri-stage: warmup, hold, exponential decay
+      init_lr_scale=0.01,  # the warmup starts at learning_rate times this
+      final_lr_scale=0.05,  # the decay ends at learning_rate times this
+      freeze_finetune_updates=10_000,  # only lm_head trains for this many updates
+      b1=0.9,  # Adam beta1
+      b2=0.98,  # Adam beta2
+      eps=1e-8,  # Adam epsilon
+      weight_decay=0.0,  # decoupled weight decay (fairseq's adam default)
+      clip_norm=0.0,  # global gradient-norm clipping; 0 disables (fairseq's default)
+    )
+  )
+
+  # The evaluate job (and evaluation from scripts): greedy CTC decoding, WER and CER.
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      split="dev_other",  # split scored by --config.job=evaluate (fairseq's valid_subset)
+      batch_size=16,  # global batch; utterances are padded to the split's longest
+    )
+  )
+  return c
+
+
+# wav2vec2_model() fields BEST-RQ lacks: the Gumbel quantizer, its input dropout and
+# final_proj (its targets come from the frozen random-projection quantizer).
+_BESTRQ_DROPPED_FIELDS = (
+  "dropout_features",
+  "final_dim",
+  "latent_vars",
+  "latent_groups",
+  "latent_dim",
+)
+
+
+def bestrq_model(**overrides) -> ml_collections.ConfigDict:
+  """BEST-RQ model fields (Chiu et al. 2022): the backbone fields of `wav2vec2_model()`,
+  log-mel + conformer, and the random-projection quantizer's, with overrides.
+  """
+  backbone = {k: v for k, v in wav2vec2_model().items() if k not in _BESTRQ_DROPPED_FIELDS}
+  backbone.update(frontend="logmel", encoder="conformer")  # the paper's pairing
+  model = ml_collections.ConfigDict(
+    dict(
+      **backbone,
+      num_codebooks=16,  # G: independent random-projection quantizers (paper: 16)
+      codebook_size=8192,  # V: codewords per codebook (paper: 8192)
+      codebook_dim=16,  # projection / codeword dimension (paper: 16)
+      target_stack=4,  # 10 ms log-mel frames stacked per target (4: the 40 ms frames)
+      quantizer_seed=0,  # seeds the frozen projections and codebooks
+    )
+  )
+  model.update(overrides)
+  return model
+
+
+def bestrq_pretrain_config() -> ml_collections.ConfigDict:
+  """Fields shared by BEST-RQ pretraining configs: `pretrain_config()` with BEST-RQ's model,
+  masking and objective; no Gumbel schedule.
+  """
+  c = pretrain_config()
+  # The paper masks 400 ms spans starting at each 10 ms frame with p = 0.01: at 40 ms
+  # frames, p = 0.04 per frame and 10-frame spans, i.e. mask_prob = 0.04 x 10.
+  c.masking.mask_prob = 0.4  # expected share of frames that start a span, times mask_length
+  c.masking.mask_length = 10  # span length (frames of 40 ms: 400 ms)
+  c.model = bestrq_model()
+  c.objective = ml_collections.ConfigDict(
+    dict(
+      name="bestrq",  # masked prediction of the frozen quantizer's codeword indices
+    )
+  )
+  del c.gumbel  # no Gumbel quantizer
   return c

@@ -10,7 +10,9 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sslax.train import distributed, loop
+from sslax import evaluate
+from sslax.train import ctc_step, distributed, loop
+from sslax.units import job as units_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
@@ -56,8 +58,17 @@ def main(argv: list[str]) -> None:
   logging.info("job %s, process %d/%d", config.job, jax.process_index(), jax.process_count())
   if config.job == "pretrain":
     loop.train(config, _WORKDIR.value)
+  elif config.job == "finetune":
+    loop.train(config, _WORKDIR.value, ctc_step.finetuning_setup)
+  elif config.job == "evaluate":
+    evaluate.evaluate(config, _WORKDIR.value)
+  elif config.job == "kmeans":
+    units_job.run(config, _WORKDIR.value)
   else:
-    raise ValueError(f"config.job={config.job!r} is not a job sslax runs; expected 'pretrain'")
+    raise ValueError(
+      f"config.job={config.job!r} is not a job sslax runs; expected 'pretrain', 'finetune', "
+      "'evaluate' or 'kmeans'"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ the same jitted, sharded step. Metrics of step N are read after step N+1 is disp
 so the host never waits on the device except when saving.
 """
 
+from collections.abc import Callable
 import os
+from typing import Any
 
 from absl import logging
 import jax
@@ -14,6 +16,7 @@ import numpy as np
 
 from sslax.data import pipeline
 from sslax.train import checkpoints, init_from, metrics, sharding, wav2vec2_step
+from sslax.train import preemption as preemption_lib
 from sslax.train import state as state_lib
 
 
@@ -28,23 +31,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Pretrains wav2vec 2.0 as `config` says, resuming from workdir's latest checkpoint."""
-  write_config(config, workdir)
-  is_primary = jax.process_index() == 0
-
-  # ---- Mesh ------------------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh)
-  shards = sharding.data_parallel_size(mesh)
-  if config.data.batch_size % (shards * config.grad_accum_steps):
-    raise ValueError(
-      f"config.data.batch_size={config.data.batch_size} must be a multiple of the "
-      f"{shards} batch shards of mesh {dict(mesh.shape)} times "
-      f"config.grad_accum_steps={config.grad_accum_steps}"
-    )
-  logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
-
-  # ---- Data ------------------------------------------------------------------------
+def pretraining_setup(
+  config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[pipeline.PretrainingStream, wav2vec2_step.Trainer]:
+  """The wav2vec 2.0 pretraining job's input stream and trainer."""
+  del workdir  # pretraining keeps nothing there besides what the loop writes
   stream = pipeline.PretrainingStream(
     config.data,
     config.masking,
@@ -53,9 +44,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  return stream, wav2vec2_step.build_trainer(config, mesh)
 
-  # ---- State and step --------------------------------------------------------------
-  trainer = wav2vec2_step.build_trainer(config, mesh)
+
+# `setup(config, workdir, mesh) -> (stream, trainer)`: what a training job trains on and
+# how; the stream has `batches(position)`, the trainer is a `wav2vec2_step.Trainer`.
+Setup = Callable[[ml_collections.ConfigDict, str, jax.sharding.Mesh], tuple[Any, Any]]
+
+
+def train(
+  config: ml_collections.ConfigDict, workdir: str, setup: Setup = pretraining_setup
+) -> None:
+  """Trains as `config` says, resuming from workdir's latest checkpoint.
+
+  `setup` gives the job's stream and trainer: wav2vec 2.0 pretraining by default,
+  `sslax.train.ctc_step.finetuning_setup` for CTC fine-tuning.
+  """
+  write_config(config, workdir)
+  is_primary = jax.process_index() == 0
+
+  # ---- Mesh ------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  shards = sharding.data_parallel_size(mesh)
+  pipeline.check_batch_shards(config.data, shards * config.grad_accum_steps)
+  logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
+
+  # ---- Data, state and step --------------------------------------------------------
+  stream, trainer = setup(config, workdir, mesh)
   logging.info("%d parameters", state_lib.count_parameters(trainer.abstract_state.params))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
@@ -87,6 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
   logger.truncate_after(step)
   batches = stream.batches(data_state["position"])
   pending = None  # (step, device metrics, data position) of a step, read one step late
+  preemption = preemption_lib.PreemptionWatch()
   with sharding.activate(mesh):
     while step < config.total_steps:
       host_batch, data_state = next(batches)
@@ -96,12 +112,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
       if pending is not None:
         _log(logger, *pending, checkpointer)
       pending = (step, step_metrics, data_state["position"])
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
+      preempted = preemption.reached(step)
+      if preempted or step % config.checkpoint_every == 0 or step == config.total_steps:
         _log(logger, *pending, checkpointer)  # never checkpoint a non-finite step
         pending = None
         checkpointer.save(step, state, data_state)
+      if preempted:
+        logging.warning(
+          "preempted: checkpoint %d written; run the same command again to resume", step
+        )
+        break
     if pending is not None:
       _log(logger, *pending, checkpointer)
+  preemption.close()
   checkpointer.wait()
   checkpointer.close()
   logger.close()
