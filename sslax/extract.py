@@ -30,7 +30,7 @@ import numpy as np
 import soundfile
 
 from sslax.interop import checkpoint, hf
-from sslax.models import frontends
+from sslax.models import backbone
 
 SAMPLE_RATE_HZ = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -113,7 +113,7 @@ def extract(
 
   @jax.jit
   def hidden_states(params, audio_BxS, paddings_BxS):
-    frames = frontends.num_frames(audio_BxS.shape[1], model_config.conv_layers)
+    frames = backbone.num_frames(audio_BxS.shape[1], model_config)
     out = model.apply(
       {"params": params},
       audio_BxS,
@@ -137,7 +137,7 @@ def extract(
       paddings_BxS[b, : len(u)] = 0.0
     states = [np.asarray(h) for h in hidden_states(params, audio_BxS, paddings_BxS)]
     for b, u in enumerate(batch):
-      frames = frontends.num_frames(len(u), model_config.conv_layers)
+      frames = backbone.num_frames(len(u), model_config)
       results.append({i: h[b, :frames] for i, h in zip(layers, states, strict=True)})
   return results
 

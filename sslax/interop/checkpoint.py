@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from sslax.models import frontends, hubert, wav2vec2
+from sslax.models import backbone, hubert, wav2vec2
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
@@ -99,7 +99,7 @@ def _init_args(model_config: ml_collections.ConfigDict):
   num_samples = 2
   for _, kernel, stride in reversed(model_config.conv_layers):
     num_samples = (num_samples - 1) * stride + kernel
-  frames = frontends.num_frames(num_samples, model_config.conv_layers)
+  frames = backbone.num_frames(num_samples, model_config)
   return (
     jnp.zeros((1, num_samples), jnp.float32),
     jnp.zeros((1, num_samples), jnp.float32),
@@ -151,7 +151,8 @@ def model_config_from_json(fields: dict) -> ml_collections.ConfigDict:
 
   JSON lists become tuples again. A `model_type` entry is checked against the type the
   fields name and dropped; without one, the fields name it (wav2vec2 for checkpoints
-  written before HuBERT).
+  written before HuBERT). Fields added since a checkpoint was written (the frontend and
+  encoder choices) get the defaults that reproduce the model it was written from.
 
   Raises:
     ValueError: the recorded model_type is not the one the fields describe.
@@ -164,7 +165,7 @@ def model_config_from_json(fields: dict) -> ml_collections.ConfigDict:
       f"config.json says model_type {recorded!r}, but its fields are those of "
       f"{model_type(model_config)!r}"
     )
-  return model_config
+  return ml_collections.ConfigDict({**field_defaults(model_type(model_config)), **fields})
 
 
 def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 
 from sslax.data import labelled, text
-from sslax.models import ctc, frontends
+from sslax.models import backbone, ctc
 from sslax.objectives import ctc as objective
 from sslax.train import accumulation, optim, sharding, wav2vec2_step
 from sslax.train import state as state_lib
@@ -47,7 +47,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2V
 def init_params_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
   """rng -> boxed parameters (with logical axis names), mask embedding included."""
   num_samples = 320 * _INIT_FRAMES + 80
-  num_frames = int(frontends.num_frames(num_samples, model.conv_layers))
+  num_frames = int(backbone.num_frames(num_samples, model))
 
   def init(rng: jax.Array) -> Any:
     params_rng, dropout_rng = jax.random.split(rng)
