@@ -505,19 +505,9 @@ class ConformerEncoder(nn.Module):
         param_dtype=self.param_dtype,
         name=f"layers_{i}",
       )
-      if deterministic or self.layerdrop == 0.0 or self.is_initializing():
-        x_BxTxD = layer(x_BxTxD, paddings_BxT, deterministic=deterministic)
-      else:
-        # As TransformerEncoder: a lifted cond skips a dropped block's compute. A dropped
-        # block leaves its running batch-norm statistics as they were.
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.layerdrop)
-        x_BxTxD = nn.cond(
-          keep,
-          lambda mdl, x: mdl(x, paddings_BxT, deterministic=False),
-          lambda mdl, x: x,
-          layer,
-          x_BxTxD,
-        )
+      x_BxTxD = transformer.apply_with_layerdrop(
+        self, layer, x_BxTxD, paddings_BxT, deterministic=deterministic, rate=self.layerdrop
+      )
       hidden_states.append(x_BxTxD)
 
     x_BxTxD = transformer.layer_norm(x_BxTxD, "layer_norm", self.dtype, self.param_dtype)

@@ -305,6 +305,33 @@ class TransformerLayer(nn.Module):
     return nn.with_logical_constraint(x_BxTxD, ("batch", "time", "embed"))
 
 
+def apply_with_layerdrop(
+  encoder: nn.Module,
+  layer: nn.Module,
+  x_BxTxD: jax.Array,
+  paddings_BxT: jax.Array,
+  *,
+  deterministic: bool,
+  rate: float,
+) -> jax.Array:
+  """`layer(x, paddings)`, skipped with probability `rate` in training (layerdrop).
+
+  A lifted cond skips a dropped layer's compute, forward and backward (and leaves any
+  state it keeps, such as batch-norm statistics, as it was); init always runs the layer,
+  since cond cannot create parameters. `encoder` is the calling module (its 'dropout' rng).
+  """
+  if deterministic or rate == 0.0 or encoder.is_initializing():
+    return layer(x_BxTxD, paddings_BxT, deterministic=deterministic)
+  keep = jax.random.bernoulli(encoder.make_rng("dropout"), 1.0 - rate)
+  return nn.cond(
+    keep,
+    lambda mdl, x: mdl(x, paddings_BxT, deterministic=False),
+    lambda mdl, x: x,
+    layer,
+    x_BxTxD,
+  )
+
+
 class TransformerEncoder(nn.Module):
   """fairseq wav2vec 2.0 TransformerEncoder.
 
@@ -390,19 +417,9 @@ class TransformerEncoder(nn.Module):
         param_dtype=self.param_dtype,
         name=f"layers_{i}",
       )
-      if deterministic or self.layerdrop == 0.0 or self.is_initializing():
-        x_BxTxD = layer(x_BxTxD, paddings_BxT, deterministic=deterministic)
-      else:
-        # A lifted cond skips the layer's compute, forward and backward, when it is
-        # dropped (init takes the branch above: cond cannot create parameters).
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.layerdrop)
-        x_BxTxD = nn.cond(
-          keep,
-          lambda mdl, x: mdl(x, paddings_BxT, deterministic=False),
-          lambda mdl, x: x,
-          layer,
-          x_BxTxD,
-        )
+      x_BxTxD = apply_with_layerdrop(
+        self, layer, x_BxTxD, paddings_BxT, deterministic=deterministic, rate=self.layerdrop
+      )
       hidden_states.append(x_BxTxD)
 
     if self.layer_norm_first:
