@@ -36,7 +36,7 @@ class Wav2Vec2ForCTC(backbone.Backbone, kw_only=True):
       audio_BxS: f32[B, S] 16 kHz waveform, right-padded.
       audio_paddings_BxS: f32[B, S], 1.0 at padding.
       mask_BxF: bool[B, F] frames replaced by the mask embedding (fine-tuning's time
-        mask), F = frontends.num_frames(S, conv_layers); None masks nothing.
+        mask), F = backbone.num_frames(S, self); None masks nothing.
       channel_mask_BxD: bool[B, embed_dim] channels zeroed at every frame; None: none.
       train: dropout and layerdrop ('dropout' rng) when True.
 

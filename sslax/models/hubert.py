@@ -71,7 +71,7 @@ class HuBERT(backbone.Backbone, kw_only=True):
     Args:
       audio_BxS: f32[B, S] 16 kHz waveform, right-padded.
       audio_paddings_BxS: f32[B, S], 1.0 at padding.
-      mask_BxF: bool[B, F] frames to mask, F = frontends.num_frames(S, conv_layers).
+      mask_BxF: bool[B, F] frames to mask, F = backbone.num_frames(S, self).
       train: dropout and layerdrop ('dropout' rng) when True.
       return_hidden_states: also return every encoder layer's hidden state (feature
         extraction, Hugging Face parity).

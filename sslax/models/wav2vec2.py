@@ -69,7 +69,7 @@ class Wav2Vec2(backbone.Backbone, kw_only=True):
     Args:
       audio_BxS: f32[B, S] 16 kHz waveform, right-padded.
       audio_paddings_BxS: f32[B, S], 1.0 at padding.
-      mask_BxF: bool[B, F] frames to mask, F = frontends.num_frames(S, conv_layers).
+      mask_BxF: bool[B, F] frames to mask, F = backbone.num_frames(S, self).
       train: dropout, layerdrop and Gumbel sampling ('dropout', 'gumbel' rngs) when True.
       gumbel_temperature: Gumbel-softmax temperature for this step (scalar).
       return_hidden_states: also return every encoder layer's hidden state (feature
