@@ -4,7 +4,9 @@
 
 1. Pretrains the demo wav2vec 2.0 (configs/demo.py, longer than the 10-minute demo:
    `--pretrain_steps`, about an hour on 2 CPU cores) in WORKDIR/pretrain, or reuses
-   `--pretrain_workdir`; a rerun resumes it.
+   `--pretrain_workdir`: a configs/demo.py workdir, or an sslax checkpoint directory such
+   as the one benchmarks/pretrain_demo_numpy.py writes on a GPU machine without
+   TensorFlow. A rerun resumes the pretraining.
 2. For each labelled-minutes value and seed, fine-tunes configs/demo_ctc.py twice with the
    same model, data subset and budget: from the pretrained checkpoint, and from random
    initialisation (fully trainable: no frozen phase, which only helps a pretrained
@@ -25,7 +27,9 @@ from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where every run and the results go.")
 _PRETRAIN_WORKDIR = flags.DEFINE_string(
-  "pretrain_workdir", None, "Reuse this configs/demo.py run instead of WORKDIR/pretrain."
+  "pretrain_workdir",
+  None,
+  "Reuse this configs/demo.py workdir or sslax checkpoint directory instead of pretraining.",
 )
 _PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 3000, "Pretraining updates.")
 _MINUTES = flags.DEFINE_list("labelled_minutes", ["10"], "Labelled minutes per experiment.")
