@@ -1,13 +1,15 @@
-"""Per-layer hidden states of a wav2vec 2.0 or HuBERT checkpoint for audio files.
+"""Per-layer hidden states of a wav2vec 2.0 (Transformer or conformer) or HuBERT checkpoint.
 
 Command (from the repository root):
   python -m sslax.extract --checkpoint=PATH --audio=FILE_OR_DIR --layers=all --out=FEATS.npz
 
-PATH is an sslax checkpoint directory (layout in sslax/interop/checkpoint.py) or
-`hf:HF_DIR`, a transformers wav2vec 2.0 or HuBERT checkpoint imported on the fly; the
-checkpoint's model type picks the model. --audio is one 16 kHz mono file or a directory
-searched recursively for .wav, .flac and .ogg files; the samples are fed as decoded
-(apply the normalisation the checkpoint was trained with first).
+PATH is an sslax checkpoint directory (layout in sslax/interop/checkpoint.py), a training
+workdir (`sslax.main --workdir`: its latest checkpoint) or `hf:HF_DIR`, a transformers
+wav2vec 2.0, wav2vec 2.0 conformer or HuBERT checkpoint imported on the fly
+(sslax/interop/hf.py); the checkpoint's model type picks the model, and a batch-norm
+conformer runs with its checkpoint's running statistics. --audio is one 16 kHz mono file
+or a directory searched recursively for .wav, .flac and .ogg files; the samples are fed as
+decoded (apply the normalisation the checkpoint was trained with first).
 
 FEATS.npz holds one f32[frames, embed_dim] array per utterance and layer, keyed
 'NAME/layer_I': NAME is the file's path under --audio without its extension (the file's
@@ -16,13 +18,15 @@ the first Transformer layer and num_layers the encoder output (after the final L
 pre-LN models). --layers is 'all' or comma-separated indices.
 
 Utterances run --batch_size at a time, right-padded to a multiple of --pad_multiple samples
-so that few shapes compile; padding does not change the results (sslax's group norm and
-attention skip padded frames), so each utterance gets what it would get alone.
+so that few shapes compile; padding does not change the results (sslax's group norm,
+attention and conformer convolution skip padded frames), so each utterance gets what it
+would get alone.
 """
 
 import os
 
 from absl import app, flags
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,12 +48,26 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass
 _PAD_MULTIPLE = flags.DEFINE_integer("pad_multiple", SAMPLE_RATE_HZ, "Pad lengths to this.")
 
 
-def load_model(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(model_config, params) of an sslax checkpoint directory or of `hf:HF_DIR`."""
+def load(path: str) -> checkpoint.Checkpoint:
+  """An sslax checkpoint directory, a training workdir (the `config.model` of its
+  config.json and its latest checkpoint) or `hf:HF_DIR`, with its model state.
+
+  Raises:
+    ValueError: the variables do not have the shapes the model fields imply.
+  """
   if path.startswith(HF_PREFIX):
-    model_config, params, _ = hf.import_hf(path.removeprefix(HF_PREFIX))
-    return model_config, params
-  return checkpoint.load_sslax_checkpoint(path)
+    loaded, _ = hf.read_hf(path.removeprefix(HF_PREFIX))
+    return loaded
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return checkpoint.read_workdir(path)
+  return checkpoint.read_sslax_checkpoint(path)
+
+
+def load_model(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(model_config, params) of `load(path)`: for models without model state (`extract`
+  names what a batch-norm conformer lacks without it)."""
+  loaded = load(path)
+  return loaded.model_config, loaded.params
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -94,28 +112,44 @@ def extract(
   *,
   batch_size: int,
   pad_multiple: int,
+  model_state: dict | None = None,
 ) -> list[dict[int, np.ndarray]]:
   """Hidden states of each utterance alone.
 
   Args:
-    model_config: `config.model` fields.
+    model_config: `config.model` fields of a wav2vec 2.0 or HuBERT model.
     params: the model's params tree (`checkpoint.build_model(model_config)`).
     utterances: f32[S_u] waveforms (16 kHz).
     layers: hidden-state indices to keep (0..num_layers).
     batch_size: utterances per forward pass (the last batch is padded with empty ones).
     pad_multiple: batches are right-padded to a multiple of this many samples.
+    model_state: the model's other variable collections (a batch-norm conformer's
+      running statistics, `checkpoint.Checkpoint.model_state`); None when it has none.
 
   Returns:
     Per utterance, {layer: f32[frames_u, embed_dim]}, frames_u = num_frames(S_u).
+
+  Raises:
+    ValueError: a model without hidden-state outputs (CTC), or model state missing.
   """
+  kind = checkpoint.model_type(model_config)
+  if kind not in ("wav2vec2", "hubert"):
+    raise ValueError(
+      f"a {kind} checkpoint has no hidden-state outputs; extract reads wav2vec2 and hubert ones"
+    )
+  model_state = model_state or {}
+  given = flax.traverse_util.flatten_dict(model_state, sep="/")
+  lacking = sorted(set(checkpoint.state_shapes(model_config)) - set(given))
+  if lacking:
+    raise ValueError(f"the model needs its state ({lacking[0]}, ...): pass model_state")
   model = checkpoint.build_model(model_config)
   eval_kwargs = checkpoint.eval_kwargs(model_config)
 
   @jax.jit
-  def hidden_states(params, audio_BxS, paddings_BxS):
+  def hidden_states(params, model_state, audio_BxS, paddings_BxS):
     frames = backbone.num_frames(audio_BxS.shape[1], model_config)
     out = model.apply(
-      {"params": params},
+      {"params": params, **model_state},
       audio_BxS,
       paddings_BxS,
       jnp.zeros((audio_BxS.shape[0], frames), bool),
@@ -135,7 +169,7 @@ def extract(
     for b, u in enumerate(batch):
       audio_BxS[b, : len(u)] = u
       paddings_BxS[b, : len(u)] = 0.0
-    states = [np.asarray(h) for h in hidden_states(params, audio_BxS, paddings_BxS)]
+    states = [np.asarray(h) for h in hidden_states(params, model_state, audio_BxS, paddings_BxS)]
     for b, u in enumerate(batch):
       frames = backbone.num_frames(len(u), model_config)
       results.append({i: h[b, :frames] for i, h in zip(layers, states, strict=True)})
@@ -152,12 +186,18 @@ def run(
   pad_multiple: int,
 ) -> None:
   """Writes the requested hidden states of every utterance under `audio_path` to `out_path`."""
-  model_config, params = load_model(checkpoint_path)
-  layers = parse_layers(layers_spec, model_config.num_layers)
+  loaded = load(checkpoint_path)
+  layers = parse_layers(layers_spec, loaded.model_config.num_layers)
   named = list_audio(audio_path)
   utterances = [read_audio(file) for _, file in named]
   states = extract(
-    model_config, params, utterances, layers, batch_size=batch_size, pad_multiple=pad_multiple
+    loaded.model_config,
+    loaded.params,
+    utterances,
+    layers,
+    batch_size=batch_size,
+    pad_multiple=pad_multiple,
+    model_state=loaded.model_state,
   )
   arrays = {
     f"{name}/layer_{i}": h

@@ -1,14 +1,14 @@
 """Tests for sslax.models.conformer against transformers' Wav2Vec2ConformerEncoder.
 
 Parity: a small transformers encoder with every parameter and batch-norm buffer perturbed
-is copied into ConformerEncoder (`_params_from_hf`, the tensor map the interop module
-needs). sslax runs a padded batch; transformers runs each utterance alone, unpadded,
-since on a padded batch its depthwise convolution reads the padded frames (the answer
-both should give is the utterance alone). Every hidden state of every utterance's
-frames must agree within ATOL = 1e-4 absolute in float32, for relative and rotary
-positions, in eval mode (running batch-norm statistics) and in training mode with
-dropout off on an unpadded batch (batch statistics, and the running statistics
-transformers leaves behind).
+is copied into ConformerEncoder by sslax.interop.hf's conformer tensor map (whole-model
+import/export of `Wav2Vec2Conformer*`: tests/test_conformer_interop.py). sslax runs a
+padded batch; transformers runs each utterance alone, unpadded, since on a padded batch
+its depthwise convolution reads the padded frames (the answer both should give is the
+utterance alone). Every hidden state of every utterance's frames must agree within ATOL =
+1e-4 absolute in float32, for relative and rotary positions, in eval mode (running
+batch-norm statistics) and in training mode with dropout off on an unpadded batch (batch
+statistics, and the running statistics transformers leaves behind).
 """
 
 import copy
@@ -19,11 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import flax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from sslax.interop import hf  # noqa: E402
 from sslax.models import conformer  # noqa: E402
 from sslax.train import sharding  # noqa: E402
 
@@ -74,57 +76,19 @@ def _sslax_encoder(position_embeddings, activation, num_layers=LAYERS, **kwargs)
   )
 
 
-def _params_from_hf(encoder) -> dict:
-  """{'params', 'batch_stats'} of ConformerEncoder from a transformers encoder."""
-  state = {name: t.detach().numpy().astype(np.float32) for name, t in encoder.state_dict().items()}
-  head_dim = DIM // HEADS
-  flat = {}
-
-  def norm(hf, path):
-    flat[f"params/{path}/scale"] = state[f"{hf}.weight"]
-    flat[f"params/{path}/bias"] = state[f"{hf}.bias"]
-
-  def linear(hf, path):
-    flat[f"params/{path}/kernel"] = state[f"{hf}.weight"].T
-    flat[f"params/{path}/bias"] = state[f"{hf}.bias"]
-
-  norm("layer_norm", "layer_norm")
-  for i in range(LAYERS):
-    hf, ours = f"layers.{i}", f"layers_{i}"
-    for ffn in ("ffn1", "ffn2"):
-      norm(f"{hf}.{ffn}_layer_norm", f"{ours}/{ffn}/norm")
-      linear(f"{hf}.{ffn}.intermediate_dense", f"{ours}/{ffn}/fc1")
-      linear(f"{hf}.{ffn}.output_dense", f"{ours}/{ffn}/fc2")
-    norm(f"{hf}.self_attn_layer_norm", f"{ours}/attention_norm")
-    attention = f"{ours}/attention"
-    for hf_proj, name in (("q", "query"), ("k", "key"), ("v", "value")):
-      weight = state[f"{hf}.self_attn.linear_{hf_proj}.weight"]
-      flat[f"params/{attention}/{name}/kernel"] = weight.T.reshape(DIM, HEADS, head_dim)
-      flat[f"params/{attention}/{name}/bias"] = state[
-        f"{hf}.self_attn.linear_{hf_proj}.bias"
-      ].reshape(HEADS, head_dim)
-    flat[f"params/{attention}/out/kernel"] = state[f"{hf}.self_attn.linear_out.weight"].T.reshape(
-      HEADS, head_dim, DIM
-    )
-    flat[f"params/{attention}/out/bias"] = state[f"{hf}.self_attn.linear_out.bias"]
-    if f"{hf}.self_attn.linear_pos.weight" in state:
-      flat[f"params/{attention}/pos/kernel"] = state[f"{hf}.self_attn.linear_pos.weight"].T.reshape(
-        DIM, HEADS, head_dim
-      )
-      flat[f"params/{attention}/pos_bias_u"] = state[f"{hf}.self_attn.pos_bias_u"]
-      flat[f"params/{attention}/pos_bias_v"] = state[f"{hf}.self_attn.pos_bias_v"]
-    conv, hf_conv = f"{ours}/conv", f"{hf}.conv_module"
-    norm(f"{hf_conv}.layer_norm", f"{conv}/layer_norm")
-    # [2D out, D in, 1] -> [D in, 2 (value, gate), D out].
-    glu = state[f"{hf_conv}.pointwise_conv1.weight"][:, :, 0].reshape(2, DIM, DIM)
-    flat[f"params/{conv}/pointwise_in"] = glu.transpose(2, 0, 1)
-    flat[f"params/{conv}/depthwise"] = state[f"{hf_conv}.depthwise_conv.weight"].transpose(2, 1, 0)
-    flat[f"params/{conv}/pointwise_out"] = state[f"{hf_conv}.pointwise_conv2.weight"][:, :, 0].T
-    norm(f"{hf_conv}.batch_norm", f"{conv}/batch_norm")
-    flat[f"batch_stats/{conv}/batch_norm/mean"] = state[f"{hf_conv}.batch_norm.running_mean"]
-    flat[f"batch_stats/{conv}/batch_norm/var"] = state[f"{hf_conv}.batch_norm.running_var"]
-    norm(f"{hf}.final_layer_norm", f"{ours}/final_norm")
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
+def _params_from_hf(encoder, position_embeddings) -> dict:
+  """{'params', 'batch_stats'} of ConformerEncoder from a transformers encoder, through the
+  library's tensor map (sslax.interop.hf, which also serves whole-model import/export)."""
+  fields = dict(
+    num_layers=LAYERS,
+    embed_dim=DIM,
+    num_heads=HEADS,
+    conformer_position_embeddings=position_embeddings,
+  )
+  table = hf.conformer_encoder_tensors(ml_collections.ConfigDict(fields))
+  state = {f"encoder.{name}": t.detach().numpy() for name, t in encoder.state_dict().items()}
+  variables = hf.variables_from_table(state, table)
+  return {collection: tree["encoder"] for collection, tree in variables.items()}
 
 
 def _hf_hidden_states(encoder, x_BxTxD):
@@ -154,7 +118,7 @@ def pair(request):
   name = request.param
   hf_encoder = _hf_encoder(*VARIANTS[name])
   ours = _sslax_encoder(*VARIANTS[name])
-  variables = _params_from_hf(hf_encoder)
+  variables = _params_from_hf(hf_encoder, VARIANTS[name][0])
   x_BxTxD, paddings_BxT = _batch()
   shapes = jax.eval_shape(
     lambda: nn.unbox(ours.init(jax.random.key(0), x_BxTxD, paddings_BxT, deterministic=True))
@@ -194,7 +158,7 @@ def test_training_mode_batch_norm_matches_transformers(pair):
   training = copy.deepcopy(hf_encoder).train()
   with torch.no_grad():
     theirs = training(torch.from_numpy(x_BxTxD)).last_hidden_state.numpy()
-  expected_stats = _params_from_hf(training)["batch_stats"]
+  expected_stats = _params_from_hf(training, VARIANTS[name][0])["batch_stats"]
   diff = float(np.max(np.abs(np.asarray(y) - theirs)))
   stats_diffs = jax.tree.map(
     lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), updates["batch_stats"], expected_stats

@@ -280,7 +280,7 @@ def test_sslax_checkpoint_round_trip_and_identity_projection(tmp_path):
   hf_config, tensors = hf.read_hf_checkpoint(str(tmp_path / "hf"))
   tensors["wav2vec2.feature_projection.projection.bias"] += 1.0
   with pytest.raises(ValueError, match="feature_projection.projection is not the identity"):
-    hf.params_from_hf(tensors, hf.model_config_from_hf(hf_config))
+    hf.variables_from_hf(tensors, hf.model_config_from_hf(hf_config))
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +330,8 @@ def test_pytorch_bin_and_legacy_weight_norm_names(base_checkpoint, tmp_path, mon
     ("position_embeddings_type", "rotary", "position_embeddings_type"),
     ("model_type", "wavlm", "model_type"),
     ("model_type", "hubert", "Wav2Vec2ForPreTraining is not supported for model_type 'hubert'"),
-    ("architectures", ["Wav2Vec2ForCTC"], "Wav2Vec2ForCTC"),
+    ("architectures", ["Wav2Vec2ForSequenceClassification"], "Wav2Vec2ForSequenceClassification"),
+    ("architectures", [hf.PRETRAINING, hf.CTC], "name different models"),
     ("architectures", ["Wav2Vec2ForXVector"], "Wav2Vec2ForXVector"),
     ("num_codevector_groups", 3, "num_codevector_groups"),
   ],
@@ -369,7 +370,7 @@ def test_bad_tensors_are_named(base_checkpoint, edit, match):
   hf_config, tensors = hf.read_hf_checkpoint(hf_dir)
   edit(tensors)
   with pytest.raises(ValueError, match=match):
-    hf.params_from_hf(tensors, hf.model_config_from_hf(hf_config))
+    hf.variables_from_hf(tensors, hf.model_config_from_hf(hf_config))
 
 
 def _hf_num_params(**fields):

@@ -1,21 +1,30 @@
-"""The sslax checkpoint directory: a model's type, fields and parameters, no train state.
+"""The sslax checkpoint directory: a model's type, fields and variables, no train state.
 
 Layout of a directory written by `save_sslax_checkpoint` (and by
 `python -m sslax.interop.hf import`):
 
-  config.json         the `config.model` fields (configs/common.py `wav2vec2_model()` or
-                      `hubert_model()`) plus `model_type` ('wav2vec2' or 'hubert'), one
-                      JSON object; lists for tuples (`conv_layers` as [channels, kernel,
-                      stride] lists). A config.json without `model_type` (written before
-                      HuBERT) is a wav2vec 2.0 model.
-  params.safetensors  every parameter of the model as float32, named by its path in the
-                      Flax params tree joined with '/'
-                      (e.g. 'encoder/layers_0/attention/query/kernel').
+  config.json              the `config.model` fields (configs/common.py `wav2vec2_model()`,
+                           `hubert_model()` or, for a CTC model, `ctc_model()` plus
+                           `vocab_size`) and `model_type` ('wav2vec2', 'hubert' or 'ctc'),
+                           one JSON object; lists for tuples (`conv_layers` as [channels,
+                           kernel, stride] lists). A config.json without `model_type`
+                           (written before HuBERT) is a wav2vec 2.0 model.
+  params.safetensors       every parameter of the model as float32, named by its path in
+                           the Flax params tree joined with '/'
+                           (e.g. 'encoder/layers_0/attention/query/kernel').
+  model_state.safetensors  only for models with other variable collections (a batch-norm
+                           conformer's running statistics): float32, named by collection
+                           and path ('batch_stats/encoder/layers_0/conv/batch_norm/mean').
+  vocab.json               CTC models only: the vocabulary, token -> index
+                           (`sslax.data.text.Vocabulary`, transformers' vocab.json layout).
 
-`load_sslax_checkpoint` returns `(model_config, params)` ready for
-`build_model(model_config).apply({'params': params}, ...)`. The model fields alone name
-the model type (each type has its own field set, `model_type`), so `config.model` of a
-training workdir, which has no `model_type`, is read the same way.
+`read_sslax_checkpoint` returns a `Checkpoint` (fields, params, model state, vocabulary),
+whose `variables()` go straight into `build_model(model_config).apply`;
+`load_sslax_checkpoint` returns just `(model_config, params)` (what `config.init_from`
+loads). The model fields alone name the model type (each type has its own field set,
+`model_type`), so `config.model` of a training workdir, which has no `model_type`, is
+read the same way (a fine-tuning workdir's has no `vocab_size`: its vocab.json gives it).
+`read_workdir` reads a training workdir's latest checkpoint as a `Checkpoint`.
 """
 
 import dataclasses
@@ -28,17 +37,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import safetensors.numpy
 
-from sslax.models import backbone, hubert, wav2vec2
+from sslax.data import text
+from sslax.models import backbone, ctc, hubert, wav2vec2
+from sslax.train import checkpoints
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
+STATE_FILE = "model_state.safetensors"
+# The same name as a fine-tuning workdir's vocabulary (sslax/train/ctc_step.py VOCAB_FILE).
+VOCAB_FILE = "vocab.json"
 # Every model a checkpoint can hold, by model_type.
-MODELS = {"wav2vec2": wav2vec2.Wav2Vec2, "hubert": hubert.HuBERT}
+MODELS = {"wav2vec2": wav2vec2.Wav2Vec2, "hubert": hubert.HuBERT, "ctc": ctc.Wav2Vec2ForCTC}
 # Arguments beyond `train=False` that a forward pass of each model type needs (wav2vec 2.0
 # takes a Gumbel temperature, which does not matter without training).
-_EVAL_KWARGS = {"wav2vec2": {"gumbel_temperature": 1.0}, "hubert": {}}
+_EVAL_KWARGS = {"wav2vec2": {"gumbel_temperature": 1.0}, "hubert": {}, "ctc": {}}
 # Module attributes that are not `config.model` fields.
 _NOT_FIELDS = {"parent", "name", "dtype", "param_dtype"}
 
@@ -107,39 +122,142 @@ def _init_args(model_config: ml_collections.ConfigDict):
   )
 
 
-def _init(model_config: ml_collections.ConfigDict, rng: jax.Array):
+def _init(model_config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """Every variable collection of the model ('params', and e.g. 'batch_stats')."""
   variables = build_model(model_config).init(
     rng, *_init_args(model_config), train=False, **eval_kwargs(model_config)
   )
-  return nn.meta.unbox(variables["params"])
+  return nn.meta.unbox(dict(variables))
 
 
 def abstract_params(model_config: ml_collections.ConfigDict) -> dict:
   """The params tree of `build_model(model_config)` as jax.ShapeDtypeStruct leaves (no memory)."""
-  return jax.eval_shape(lambda: _init(model_config, jax.random.key(0)))
+  return jax.eval_shape(lambda: _init(model_config, jax.random.key(0)))["params"]
+
+
+def variable_shapes(
+  model_config: ml_collections.ConfigDict,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+  """(`param_shapes`, `state_shapes`) of the model from one trace."""
+  variables = jax.eval_shape(lambda: _init(model_config, jax.random.key(0)))
+  params = flax.traverse_util.flatten_dict(variables.pop("params"), sep="/")
+  state = flax.traverse_util.flatten_dict(variables, sep="/")
+  return (
+    {path: tuple(leaf.shape) for path, leaf in params.items()},
+    {path: tuple(leaf.shape) for path, leaf in state.items()},
+  )
 
 
 def param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
   """Shape of every parameter of `build_model(model_config)`, by '/'-joined path."""
-  flat = flax.traverse_util.flatten_dict(abstract_params(model_config), sep="/")
-  return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+  return variable_shapes(model_config)[0]
+
+
+def state_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """Shape of every variable outside 'params' (a batch-norm conformer's running statistics),
+  by collection and path joined with '/' ('batch_stats/encoder/...'); {} for most models."""
+  return variable_shapes(model_config)[1]
+
+
+# The init program runs once, so its compile time is what counts: XLA's expensive
+# optimisations triple it on CPU (values differ from an optimised build by float rounding).
+_RUN_ONCE_COMPILER_OPTIONS = {
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
+}
 
 
 def init_params(model_config: ml_collections.ConfigDict, seed: int) -> dict:
   """Freshly initialised float32 parameters (numpy) of `build_model(model_config)`."""
-  params = jax.jit(lambda rng: _init(model_config, rng))(jax.random.key(seed))
+  rng = jax.random.key(seed)
+  init = jax.jit(lambda rng: _init(model_config, rng)["params"]).lower(rng)
+  params = init.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)(rng)
   return jax.tree.map(np.asarray, params)
 
 
-def save_sslax_checkpoint(path: str, model_config: ml_collections.ConfigDict, params) -> None:
-  """Writes `config.json` and `params.safetensors` into directory `path` (created if needed)."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """A model and everything a forward pass or an export needs.
+
+  Attributes:
+    model_config: the `config.model` fields (`model_type` names the model).
+    params: the params tree (numpy or jax arrays).
+    model_state: the other variable collections ({'batch_stats': tree} for a batch-norm
+      conformer), {} for models without them.
+    vocab: the CTC model's vocabulary (index 0 the blank); None for other models.
+  """
+
+  model_config: ml_collections.ConfigDict
+  params: dict
+  model_state: dict = dataclasses.field(default_factory=dict)
+  vocab: text.Vocabulary | None = None
+
+  def variables(self) -> dict:
+    """`{'params': ..., **model_state}` for `build_model(model_config).apply`."""
+    return {"params": self.params, **self.model_state}
+
+
+def _check_tensors(where: str, tensors: dict, expected: dict[str, tuple[int, ...]]) -> None:
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  if missing or unexpected:
+    raise ValueError(f"{where}: missing {missing}, unexpected {unexpected}")
+  for name, shape in expected.items():
+    if tuple(tensors[name].shape) != shape:
+      raise ValueError(f"{where}: {name} has shape {tensors[name].shape}, the model needs {shape}")
+
+
+def _check_vocab(model_config: ml_collections.ConfigDict, vocab: text.Vocabulary | None) -> None:
+  """A CTC model needs its vocabulary, of vocab_size tokens; other models have none."""
+  if model_type(model_config) != "ctc":
+    if vocab is not None:
+      raise ValueError(f"a {model_type(model_config)} model has no vocabulary")
+    return
+  if vocab is None:
+    raise ValueError("a CTC model needs its vocabulary (vocab.json) to mean anything")
+  if len(vocab) != model_config.vocab_size:
+    raise ValueError(
+      f"the vocabulary has {len(vocab)} tokens, the model's lm_head {model_config.vocab_size}"
+    )
+
+
+def save_sslax_checkpoint(
+  path: str,
+  model_config: ml_collections.ConfigDict,
+  params,
+  model_state: dict | None = None,
+  vocab: text.Vocabulary | None = None,
+) -> None:
+  """Writes the checkpoint directory `path` (created if needed; layout in the module doc).
+
+  Args:
+    path: the directory.
+    model_config: the `config.model` fields.
+    params: the params tree.
+    model_state: the other variable collections; required when the model has them.
+    vocab: required for (and only for) a CTC model.
+
+  Raises:
+    ValueError: model_state does not have the variables the model has, or the vocabulary
+      is missing, superfluous or of the wrong size.
+  """
+  model_state = model_state or {}
+  flat_state = flax.traverse_util.flatten_dict(model_state, sep="/")
+  _check_tensors("model_state", flat_state, state_shapes(model_config))
+  _check_vocab(model_config, vocab)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, CONFIG_FILE), "w") as f:
     json.dump(dict(model_type=model_type(model_config), **model_config.to_dict()), f, indent=2)
     f.write("\n")
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
-  tensors = {name: np.ascontiguousarray(value, np.float32) for name, value in flat.items()}
-  safetensors.numpy.save_file(tensors, os.path.join(path, PARAMS_FILE))
+  for file, flat in (
+    (PARAMS_FILE, flax.traverse_util.flatten_dict(params, sep="/")),
+    (STATE_FILE, flat_state),
+  ):
+    if flat:
+      tensors = {name: np.ascontiguousarray(value, np.float32) for name, value in flat.items()}
+      safetensors.numpy.save_file(tensors, os.path.join(path, file))
+  if vocab is not None:
+    vocab.save(os.path.join(path, VOCAB_FILE))
 
 
 def _tuples(value):
@@ -168,21 +286,93 @@ def model_config_from_json(fields: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**field_defaults(model_type(model_config)), **fields})
 
 
-def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """Reads a directory written by `save_sslax_checkpoint`: (model_config, numpy params tree).
+def read_sslax_checkpoint(path: str) -> Checkpoint:
+  """Reads a directory written by `save_sslax_checkpoint` (numpy arrays).
 
   Raises:
-    ValueError: the parameters do not have the names and shapes the model fields imply.
+    ValueError: the parameters or model state do not have the names and shapes the model
+      fields imply, or a CTC model's vocabulary is missing or of the wrong size.
   """
   with open(os.path.join(path, CONFIG_FILE)) as f:
     model_config = model_config_from_json(json.load(f))
-  tensors = safetensors.numpy.load_file(os.path.join(path, PARAMS_FILE))
-  expected = param_shapes(model_config)
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  if missing or unexpected:
-    raise ValueError(f"{path}: parameters missing {missing}, unexpected {unexpected}")
-  for name, shape in expected.items():
-    if tensors[name].shape != shape:
-      raise ValueError(f"{path}: {name} has shape {tensors[name].shape}, the model needs {shape}")
-  return model_config, flax.traverse_util.unflatten_dict(tensors, sep="/")
+  expected_params, expected_state = variable_shapes(model_config)
+  params = safetensors.numpy.load_file(os.path.join(path, PARAMS_FILE))
+  _check_tensors(f"{path} parameters", params, expected_params)
+  state_file = os.path.join(path, STATE_FILE)
+  state = safetensors.numpy.load_file(state_file) if os.path.exists(state_file) else {}
+  _check_tensors(f"{path} model state", state, expected_state)
+  vocab_file = os.path.join(path, VOCAB_FILE)
+  vocab = text.Vocabulary.load(vocab_file) if os.path.exists(vocab_file) else None
+  _check_vocab(model_config, vocab)
+  return Checkpoint(
+    model_config,
+    flax.traverse_util.unflatten_dict(params, sep="/"),
+    flax.traverse_util.unflatten_dict(state, sep="/"),
+    vocab,
+  )
+
+
+def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(model_config, numpy params tree) of `read_sslax_checkpoint(path)`, checked the same way."""
+  loaded = read_sslax_checkpoint(path)
+  return loaded.model_config, loaded.params
+
+
+def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
+  """A training workdir's checkpoint `step` (default the latest) as numpy arrays.
+
+  The model fields come from `workdir/config.json`; a fine-tuning run's vocabulary (and so
+  `vocab_size`) from `workdir/vocab.json`; the model state (batch-norm statistics) from
+  the train state's `model_state`.
+
+  Raises:
+    FileNotFoundError: the workdir holds no complete checkpoint.
+    ValueError: the checkpoint's variables do not have the shapes config.model implies.
+  """
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    fields = json.load(f)["model"]
+  vocab_file = os.path.join(workdir, VOCAB_FILE)
+  vocab = None
+  if os.path.exists(vocab_file):
+    vocab = text.Vocabulary.load(vocab_file)
+    fields = dict(fields, vocab_size=len(vocab))
+  model_config = model_config_from_json(fields)
+  if step is None:
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+  expected_params, expected_state = variable_shapes(model_config)
+  params = checkpoints.load_params(workdir, step)
+  model_state = _load_model_state(workdir, step) if expected_state else {}
+  for name, tree, shapes in (
+    ("parameters", params, expected_params),
+    ("model state", model_state, expected_state),
+  ):
+    _check_tensors(
+      f"{workdir}: checkpoint {step}'s {name} do not fit config.model",
+      flax.traverse_util.flatten_dict(tree, sep="/"),
+      shapes,
+    )
+  return Checkpoint(model_config, params, model_state, vocab)
+
+
+def _load_model_state(workdir: str, step: int) -> dict:
+  """The train state's `model_state` at `step` as numpy (as `checkpoints.load_params` does
+  for `params`, which it alone reads)."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  if "model_state" not in tree:
+    return {}
+  metadata = tree["model_state"]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  restored = checkpointer.restore(
+    path,
+    args=ocp.args.PyTreeRestore(
+      item={"model_state": metadata},
+      restore_args={"model_state": restore_args},
+      partial_restore=True,
+    ),
+  )
+  return restored["model_state"]
