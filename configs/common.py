@@ -79,6 +79,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
       min_samples=32_000,  # shorter utterances are dropped
       normalize=False,  # per-utterance zero mean, unit variance (fairseq task.normalize)
       prefetch=2,  # batches prepared ahead of the train step
+      # Unreadable, empty, truncated, too-short, non-mono or other-rate audio: 'skip' (log
+      # each file, count it, fill its rows deterministically) or 'error' (stop naming it).
+      bad_audio="skip",
+      resample=False,  # resample encoded audio at other rates to 16 kHz (soxr) when read
       # Crop lengths (samples, exact frame counts, largest = max_samples), one static batch
       # shape each; () means every batch is max_samples long (sslax/data/buckets.py).
       buckets=(),

@@ -117,3 +117,72 @@ def test_command_line(tmp_path, audio_root):
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(read_split(data_dir, "cli_corpus", "train")) == ["a", "b"]
   assert sorted(read_split(data_dir, "cli_corpus", "dev")) == ["c", "d"]
+
+
+def test_other_rates_are_skipped_unless_resampling(tmp_path, audio_root):
+  data_dir = tmp_path / "tfds"
+  manifest.build("no_resample", {"train": str(audio_root)}, str(data_dir), resample=False)
+  assert sorted(read_split(data_dir, "no_resample", "train")) == ["spk1/a", "spk1/b", "spk2/c"]
+  skipped = (data_dir / "no_resample" / "1.0.0" / "sslax_skipped_train.tsv").read_text()
+  assert f"{audio_root / 'spk2' / 'd.wav'}\t8000 Hz, not 16000 Hz" in skipped
+
+
+def need_beam():
+  # CI installs Apache Beam with the test extra; a developer's venv may predate it.
+  if not os.environ.get("CI"):
+    pytest.importorskip("apache_beam")
+
+
+def test_beam_build_equals_the_in_process_build(tmp_path, audio_root):
+  need_beam()
+  splits = {"train": str(audio_root), "dev": str(audio_root / "spk1")}
+  local = manifest.build("corpus", splits, str(tmp_path / "local"))
+  options = manifest.beam_flags("runner=DirectRunner,direct_num_workers=1")
+  assert options == ["--runner=DirectRunner", "--direct_num_workers=1"]
+  beam = manifest.build("corpus", splits, str(tmp_path / "beam"), beam_options=options)
+  for split in splits:
+    assert beam.info.splits[split].num_examples == local.info.splits[split].num_examples
+    expected = list(local.as_data_source(split=split))
+    got = list(beam.as_data_source(split=split))
+    assert [e["id"] for e in got] == [e["id"] for e in expected]  # the same order
+    for a, b in zip(got, expected, strict=True):
+      assert a["text"] == b["text"]
+      np.testing.assert_array_equal(a["speech"], b["speech"])
+  listed = "1.0.0/sslax_skipped_train.tsv"
+  assert (tmp_path / "beam" / "corpus" / listed).read_text() == (
+    tmp_path / "local" / "corpus" / listed
+  ).read_text()
+  assert not list((tmp_path / "beam").glob(".sslax_beam_*"))  # the scratch folder is gone
+  with pytest.raises(Exception, match=r"e.wav: cannot decode audio"):
+    manifest.build(
+      "strict",
+      splits,
+      str(tmp_path / "strict"),
+      on_error="raise",
+      beam_options=["--runner=DirectRunner"],
+    )
+
+
+def test_command_line_with_beam(tmp_path, audio_root):
+  # Beam's workers import sslax.data.manifest beside the program's __main__: its flags
+  # must not be defined twice.
+  need_beam()
+  data_dir = tmp_path / "tfds"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslax.data.manifest",
+      "--name=cli_beam",
+      f"--data_dir={data_dir}",
+      f"--split=train={audio_root / 'spk2'}",
+      "--beam_pipeline_options=runner=DirectRunner",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(read_split(data_dir, "cli_beam", "train")) == ["c", "d"]
+  skipped = (data_dir / "cli_beam" / "1.0.0" / "sslax_skipped_train.tsv").read_text()
+  assert skipped.startswith(str(audio_root / "spk2" / "e.wav") + "\t")

@@ -8,9 +8,14 @@ utterances are never cropped, so those longer than `data.max_samples` (or with m
 `data.labelled_minutes` keeps a seeded random subset of the split (the shortest prefix of a
 permutation drawn from `data.subset_seed` with at least that much audio, so smaller subsets
 lie inside larger ones and the choice does not move with `config.seed`); batches carry
-labels and channel masks.
+labels and channel masks. Bad audio is handled as in pretraining (`data.bad_audio`), except
+that a row whose utterance cannot be read is filled by a whole substitute utterance (at
+least as long, so the masks stay inside it) with its own labels.
 
-`EvalSet` reads a whole split in order, nothing dropped, for greedy decoding.
+`EvalSet` reads a whole split in order, nothing dropped, for greedy decoding; an utterance
+whose audio cannot be read stays in the split as an empty row (its hypothesis is empty, so
+it counts as deletions), logged by name and listed in `unread` ('skip'), or stops the
+evaluation ('error').
 """
 
 from collections.abc import Callable, Iterator
@@ -100,6 +105,8 @@ class FinetuningStream(pipeline.PretrainingStream):
   Masks of both kinds are drawn for the whole global batch from (seed, batch number).
   """
 
+  _crops_rows = False  # whole utterances: a substitute is read whole, with its labels
+
   def __init__(
     self,
     data: ml_collections.ConfigDict,
@@ -140,11 +147,12 @@ class FinetuningStream(pipeline.PretrainingStream):
     self._transcripts = transcripts
     label_lengths = np.asarray([len(text.normalize(t)) for t in transcripts])
     slowest = min(data.augment.speed_factors) if data.augment.speed_prob > 0 else 1.0
-    too_long = self._lengths / slowest > data.max_samples
-    too_short = self._lengths < data.min_samples
-    too_many_labels = label_lengths > data.max_label_length
-    unlabelled = label_lengths == 0
-    candidates = np.flatnonzero(~(too_long | too_short | too_many_labels | unlabelled))
+    good = ~self._bad  # audio that can be read (the rest is counted in bad_audio)
+    too_long = good & (self._lengths / slowest > data.max_samples)
+    too_short = good & (self._lengths < data.min_samples)
+    too_many_labels = good & (label_lengths > data.max_label_length)
+    unlabelled = good & (label_lengths == 0)
+    candidates = np.flatnonzero(good & ~(too_long | too_short | too_many_labels | unlabelled))
     subset = labelled_subset(candidates, self._lengths, data.labelled_minutes, data.subset_seed)
     self.dropped = {
       "longer_than_max_samples": int(too_long.sum()),
@@ -154,13 +162,14 @@ class FinetuningStream(pipeline.PretrainingStream):
     }
     self.labelled_minutes = float(self._lengths[subset].sum() / pipeline.SAMPLE_RATE / 60)
     logging.info(
-      "%s:%s: fine-tuning on %d utterances (%.2f minutes) of %d; dropped %s",
+      "%s:%s: fine-tuning on %d utterances (%.2f minutes) of %d; dropped %s; bad audio %s",
       data.name,
       data.split,
       len(subset),
       self.labelled_minutes,
       len(self._lengths),
       self.dropped,
+      {kind: n for kind, n in self.bad_audio.items() if n},
     )
     if len(subset) < data.batch_size:
       raise ValueError(
@@ -188,15 +197,17 @@ class FinetuningStream(pipeline.PretrainingStream):
 
   def host_batch(self, batch: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `batch` (shapes in the class docstring)."""
-    host = super().host_batch(batch)
-    b, L = host["audio"].shape[0], self._data.max_label_length
+    audio, paddings, held, _ = self.host_audio(batch)
     rows = self.host_rows(batch)
+    host = {"audio": audio, "audio_paddings": paddings}
+    host["mask"] = self._global_masks(batch)[rows]
+    b, L = audio.shape[0], self._data.max_label_length
     if self._mask.mask_prob == 0:
       host["mask"] = np.zeros_like(host["mask"])
     host["channel_mask"] = self._global_channel_masks(batch)[rows]
     labels = np.zeros((b, L), np.int32)
     label_paddings = np.ones((b, L), np.float32)
-    for row, index in enumerate(self.batch_indices(batch)[rows]):
+    for row, index in enumerate(held):  # the example each row holds (its substitute's labels)
       ids = self._vocab.encode(self._transcripts[index])
       labels[row, : ids.size] = ids
       label_paddings[row, : ids.size] = 0.0
@@ -217,6 +228,8 @@ class EvalSet:
   rows (all padding, example index −1). Audio is padded to `max_samples`, the longest
   utterance of the split rounded up to a whole second, so one program serves the split.
   `ids` and `references` (normalised transcripts) cover the whole split on every process.
+  An utterance whose audio cannot be read (module docstring) is an empty row; `unread`
+  maps it to the kind of fault (counted in `bad_audio`).
   """
 
   def __init__(
@@ -232,10 +245,21 @@ class EvalSet:
       raise ValueError(
         f"config.eval.batch_size={batch_size} does not divide across {process_count} processes"
       )
-    builder, self._audio_key = pipeline.open_split(data.name, split, data.data_dir)
-    self._source = builder.as_data_source(split=split)
-    self._where = f"{data.name}:{split}"
-    lengths = pipeline.split_lengths(builder, split, self._source, self._audio_key)
+    if data.bad_audio not in pipeline.BAD_AUDIO_SETTINGS:
+      raise ValueError(
+        f"config.data.bad_audio={data.bad_audio!r} must be one of {pipeline.BAD_AUDIO_SETTINGS}"
+      )
+    self._split = pipeline.Split.open(data.name, split, data.data_dir, resample=data.resample)
+    self._bad_audio_setting = data.bad_audio
+    self.bad_audio = dict.fromkeys(pipeline.BAD_AUDIO_KINDS, 0)
+    problems = sorted(self._split.problems.items())
+    pipeline.report_bad_audio(
+      [(self._split, i, kind, reason) for i, (kind, reason) in problems],
+      data.bad_audio,
+      self.bad_audio,
+    )
+    self.unread = {i: kind for i, (kind, _) in problems}
+    lengths = self._split.lengths
     self.ids, transcripts = split_transcripts(
       data.name, split, data.data_dir, data.text_key, data.id_key
     )
@@ -260,9 +284,17 @@ class EvalSet:
     paddings = np.ones((b, self.max_samples), np.float32)
     rows = self.batch_examples(batch)[self._process_index * b : (self._process_index + 1) * b]
     for row, index in enumerate(rows):
-      if index < 0:
+      if index < 0 or index in self.unread:
         continue
-      samples = pipeline.read_audio(self._source, int(index), self._audio_key, self._where)
+      try:
+        samples = self._split.read(int(index))
+      except pipeline.BadAudioError as error:
+        if self._bad_audio_setting == "error":
+          raise
+        logging.warning("%s; left as an empty row (config.data.bad_audio='skip')", error)
+        self.unread[int(index)] = error.kind
+        self.bad_audio[error.kind] += 1
+        continue
       if self._normalize:
         samples = pipeline.normalize_audio(samples)
       audio[row, : samples.size] = samples
