@@ -1,14 +1,14 @@
 """Tests for sslax.models.conformer against transformers' Wav2Vec2ConformerEncoder.
 
 Parity: a small transformers encoder with every parameter and batch-norm buffer perturbed
-is copied into ConformerEncoder by sslax.interop.hf's conformer tensor map (whole-model
-import/export of `Wav2Vec2Conformer*`: tests/test_conformer_interop.py). sslax runs a
-padded batch; transformers runs each utterance alone, unpadded, since on a padded batch
-its depthwise convolution reads the padded frames (the answer both should give is the
-utterance alone). Every hidden state of every utterance's frames must agree within ATOL =
-1e-4 absolute in float32, for relative and rotary positions, in eval mode (running
-batch-norm statistics) and in training mode with dropout off on an unpadded batch (batch
-statistics, and the running statistics transformers leaves behind).
+is copied into ConformerEncoder by sslax.interop.hf_architecture_maps' conformer tensor
+map (whole-model import/export of `Wav2Vec2Conformer*`: tests/test_conformer_interop.py).
+sslax runs a padded batch; transformers runs each utterance alone, unpadded, since on a
+padded batch its depthwise convolution reads the padded frames (the answer both should
+give is the utterance alone). Every hidden state of every utterance's frames must agree
+within ATOL = 1e-4 absolute in float32, for relative and rotary positions, in eval mode
+(running batch-norm statistics) and in training mode with dropout off on an unpadded
+batch (batch statistics, and the running statistics transformers leaves behind).
 """
 
 import copy
@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from sslax.interop import hf  # noqa: E402
+from sslax.interop import hf_architecture_maps, hf_tensor_map  # noqa: E402
 from sslax.models import conformer  # noqa: E402
 from sslax.train import sharding  # noqa: E402
 
@@ -78,16 +78,17 @@ def _sslax_encoder(position_embeddings, activation, num_layers=LAYERS, **kwargs)
 
 def _params_from_hf(encoder, position_embeddings) -> dict:
   """{'params', 'batch_stats'} of ConformerEncoder from a transformers encoder, through the
-  library's tensor map (sslax.interop.hf, which also serves whole-model import/export)."""
+  library's tensor map (sslax.interop.hf_architecture_maps, which also serves whole-model
+  import/export)."""
   fields = dict(
     num_layers=LAYERS,
     embed_dim=DIM,
     num_heads=HEADS,
     conformer_position_embeddings=position_embeddings,
   )
-  table = hf.conformer_encoder_tensors(ml_collections.ConfigDict(fields))
+  table = hf_architecture_maps.conformer_encoder_tensors(ml_collections.ConfigDict(fields))
   state = {f"encoder.{name}": t.detach().numpy() for name, t in encoder.state_dict().items()}
-  variables = hf.variables_from_table(state, table)
+  variables = hf_tensor_map.variables_from_table(state, table)
   return {collection: tree["encoder"] for collection, tree in variables.items()}
 
 

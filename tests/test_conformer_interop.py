@@ -38,7 +38,7 @@ import transformers  # noqa: E402
 
 from configs import common, demo_conformer, w2v_conformer_large  # noqa: E402
 from sslax import extract  # noqa: E402
-from sslax.interop import checkpoint, hf  # noqa: E402
+from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
 from sslax.train import checkpoints, loop  # noqa: E402
 from sslax.train import state as state_lib  # noqa: E402
 
@@ -60,8 +60,8 @@ SMALL = dict(
 )
 # name: (position_embeddings_type, feat_extract_norm, conv_bias, architecture)
 VARIANTS = {
-  "relative-layer-pretraining": ("relative", "layer", True, hf.CONFORMER_PRETRAINING),
-  "rotary-group-model": ("rotary", "group", False, hf.CONFORMER_MODEL),
+  "relative-layer-pretraining": ("relative", "layer", True, hf_families.CONFORMER_PRETRAINING),
+  "rotary-group-model": ("rotary", "group", False, hf_families.CONFORMER_MODEL),
 }
 # What import initialises afresh from a bare Wav2Vec2ConformerModel.
 FRESH_HEAD = [
@@ -130,19 +130,30 @@ def _batch():
   return audio_BxS, paddings_BxS
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def imported(request, tmp_path_factory):
-  """(name, transformers model, its directory, the sslax checkpoint directory, what the
-  import command printed)."""
-  name = request.param
-  model = _hf_model(*VARIANTS[name])
-  hf_dir = str(tmp_path_factory.mktemp("hf_conformer"))
-  model.save_pretrained(hf_dir)
-  sslax_dir = str(tmp_path_factory.mktemp("sslax_conformer"))
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
-    hf.main(["import", "--from", hf_dir, "--to", sslax_dir])
-  return name, model, hf_dir, sslax_dir, printed.getvalue()
+@pytest.fixture(scope="module")
+def importer(tmp_path_factory):
+  """name -> (name, transformers model, its directory, the sslax checkpoint directory,
+  what the import command printed), each variant imported once per module."""
+  imports = {}
+
+  def get(name):
+    if name not in imports:
+      model = _hf_model(*VARIANTS[name])
+      hf_dir = str(tmp_path_factory.mktemp("hf_conformer"))
+      model.save_pretrained(hf_dir)
+      sslax_dir = str(tmp_path_factory.mktemp("sslax_conformer"))
+      printed = io.StringIO()
+      with contextlib.redirect_stdout(printed):
+        hf.main(["import", "--from", hf_dir, "--to", sslax_dir])
+      imports[name] = name, model, hf_dir, sslax_dir, printed.getvalue()
+    return imports[name]
+
+  return get
+
+
+@pytest.fixture(params=list(VARIANTS))
+def imported(request, importer):
+  return importer(request.param)
 
 
 def test_hidden_states_match_transformers(imported):
@@ -216,12 +227,10 @@ def test_export_reloads_in_transformers_bitwise(imported, tmp_path, capsys):
     np.testing.assert_array_equal(before[key], after[key], err_msg=f"{name} {key}")
 
 
-def test_export_from_a_training_workdir_takes_its_batch_statistics(imported, tmp_path, capsys):
+def test_export_from_a_training_workdir_takes_its_batch_statistics(importer, tmp_path, capsys):
   """A conformer pretraining workdir (its train state holds the statistics in
-  `model_state`) exports with them."""
-  name, model, _, sslax_dir, _ = imported
-  if name != "relative-layer-pretraining":
-    pytest.skip("one full-architecture variant suffices")
+  `model_state`) exports with them (the full-architecture variant)."""
+  name, model, _, sslax_dir, _ = importer("relative-layer-pretraining")
   loaded = checkpoint.read_sslax_checkpoint(sslax_dir)
   config = demo_conformer.get_config("w2v,tiny")
   config.unlock()
@@ -263,29 +272,29 @@ def hf_config():
   ],
 )
 def test_unsupported_conformer_options_are_named(hf_config, key, value, match):
-  assert hf.model_config_from_hf(hf_config).encoder == "conformer"
+  assert hf_config_fields.model_config_from_hf(hf_config).encoder == "conformer"
   with pytest.raises(ValueError, match=match):
-    hf.model_config_from_hf(dict(hf_config, **{key: value}))
+    hf_config_fields.model_config_from_hf(dict(hf_config, **{key: value}))
   rotary = dict(hf_config, position_embeddings_type="rotary")
-  assert hf.model_config_from_hf(rotary).conformer_position_embeddings == "rotary"
+  assert hf_config_fields.model_config_from_hf(rotary).conformer_position_embeddings == "rotary"
   with pytest.raises(ValueError, match="rotary_embedding_base=500"):
-    hf.model_config_from_hf(dict(rotary, rotary_embedding_base=500))
+    hf_config_fields.model_config_from_hf(dict(rotary, rotary_embedding_base=500))
 
 
 def test_bad_conformer_tensors_are_named(imported):
   name, _, hf_dir, _, _ = imported
-  hf_config, tensors = hf.read_hf_checkpoint(hf_dir)
-  model_config = hf.model_config_from_hf(hf_config)
+  hf_config, tensors = hf_state_dict.read_hf_checkpoint(hf_dir)
+  model_config = hf_config_fields.model_config_from_hf(hf_config)
   prefix = "wav2vec2_conformer." if name == "relative-layer-pretraining" else ""
   missing = dict(tensors)
   del missing[f"{prefix}encoder.layers.1.conv_module.batch_norm.running_var"]
   with pytest.raises(ValueError, match=r"missing: \[.*layers.1.conv_module.batch_norm.running_var"):
-    hf.variables_from_hf(missing, model_config)
+    hf_state_dict.variables_from_hf(missing, model_config)
   if model_config.conformer_position_embeddings == "rotary":
     inv_freq = f"{prefix}encoder.embed_positions.inv_freq"
     wrong = dict(tensors, **{inv_freq: 2 * tensors[inv_freq]})
     with pytest.raises(ValueError, match="inv_freq is not what sslax computes"):
-      hf.variables_from_hf(wrong, model_config)
+      hf_state_dict.variables_from_hf(wrong, model_config)
 
 
 @pytest.mark.parametrize(
@@ -298,12 +307,12 @@ def test_bad_conformer_tensors_are_named(imported):
 def test_export_refuses_conformers_transformers_cannot_hold(field, value, match):
   model_config = common.wav2vec2_model(encoder="conformer", **{field: value})
   with pytest.raises(ValueError, match=match):
-    hf.hf_config_from_model(model_config)
+    hf_config_fields.hf_config_from_model(model_config)
 
 
 def test_export_writes_the_conformer_large_architecture():
   """configs/w2v_conformer_large.py exports as facebook/wav2vec2-conformer-rel-pos-large."""
-  exported = hf.hf_config_from_model(w2v_conformer_large.get_config().model)
+  exported = hf_config_fields.hf_config_from_model(w2v_conformer_large.get_config().model)
   reference = transformers.Wav2Vec2ConformerConfig(
     hidden_size=1024,
     num_hidden_layers=24,
@@ -317,7 +326,7 @@ def test_export_writes_the_conformer_large_architecture():
     position_embeddings_type="relative",
   ).to_dict()
   assert exported["model_type"] == reference["model_type"] == "wav2vec2-conformer"
-  assert exported["architectures"] == [hf.CONFORMER_PRETRAINING]
+  assert exported["architectures"] == [hf_families.CONFORMER_PRETRAINING]
   for key in (
     "conv_dim",
     "conv_kernel",

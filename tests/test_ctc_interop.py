@@ -38,7 +38,7 @@ import transformers  # noqa: E402
 from configs import common, demo_ctc  # noqa: E402
 from sslax import evaluate  # noqa: E402
 from sslax.data import labelled, text  # noqa: E402
-from sslax.interop import checkpoint, hf  # noqa: E402
+from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_processor  # noqa: E402
 from sslax.train import ctc_step, init_from, sharding  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +110,7 @@ def _hf_logits(processor, model, samples):
 
 def test_export_writes_a_processor_and_model_transformers_load(finetuned, exported):
   workdir, _ = finetuned
-  for name in ("config.json", "model.safetensors", *hf.TOKENIZER_FILES):
+  for name in ("config.json", "model.safetensors", *hf_processor.FILES):
     assert os.path.exists(os.path.join(exported, name)), name
   processor, model = _load_hf(exported)
   # The workdir's vocabulary is where checkpoint.read_workdir looks for it.
@@ -210,7 +210,7 @@ def test_import_round_trip_and_init_from(finetuned, exported, tmp_path, capsys):
   assert first.keys() == second.keys()
   for name, value in first.items():
     np.testing.assert_array_equal(second[name], value, err_msg=name)
-  for name in hf.TOKENIZER_FILES:
+  for name in hf_processor.FILES:
     with open(os.path.join(exported, name)) as a, open(os.path.join(again, name)) as b:
       assert json.load(a) == json.load(b), name
 
@@ -250,9 +250,9 @@ def test_unsupported_ctc_checkpoints_are_named(exported, tmp_path, file, edit, m
 
 def test_export_refuses_what_a_ctc_export_cannot_hold():
   ctc_model = common.ctc_model(common.wav2vec2_model(), vocab_size=32)
-  assert hf.hf_config_from_model(ctc_model)["architectures"] == [hf.CTC]
+  assert hf_config_fields.hf_config_from_model(ctc_model)["architectures"] == [hf_families.CTC]
   with pytest.raises(ValueError, match="encoder='conformer' has no transformers Wav2Vec2ForCTC"):
-    hf.hf_config_from_model(
+    hf_config_fields.hf_config_from_model(
       common.ctc_model(common.wav2vec2_model(encoder="conformer"), vocab_size=32)
     )
   with pytest.raises(ValueError, match="vocab missing"):

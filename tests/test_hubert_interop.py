@@ -23,7 +23,7 @@ import transformers  # noqa: E402
 
 from configs import common, demo, hubert_base, hubert_large  # noqa: E402
 from sslax import describe, extract  # noqa: E402
-from sslax.interop import checkpoint, hf  # noqa: E402
+from sslax.interop import checkpoint, hf, hf_config_fields, hf_families  # noqa: E402
 
 ATOL = 1e-4
 SMALL = dict(
@@ -65,12 +65,12 @@ def hf_hubert(tmp_path_factory):
   ],
 )
 def test_unsupported_hubert_options_are_named(key, value, match):
-  hf_config = dict(transformers.HubertConfig(**SMALL).to_dict(), architectures=[hf.HUBERT])
-  model_config = hf.model_config_from_hf(hf_config)
+  hf_config = dict(transformers.HubertConfig(**SMALL).to_dict(), architectures=[hf_families.HUBERT])
+  model_config = hf_config_fields.model_config_from_hf(hf_config)
   assert checkpoint.model_type(model_config) == "hubert"
   hf_config[key] = value
   with pytest.raises(ValueError, match=match):
-    hf.model_config_from_hf(hf_config)
+    hf_config_fields.model_config_from_hf(hf_config)
 
 
 def test_extract_reads_hf_and_sslax_hubert_checkpoints(hf_hubert, tmp_path, capsys):
@@ -199,7 +199,7 @@ def test_parameter_counts_equal_transformers(config_module, fields, backbone, he
   assert counts["final_proj"] + counts["label_embs_concat"] == head
   assert _hf_num_params(**fields) == counts["total"] - head == backbone
   # Export writes that architecture.
-  exported = hf.hf_config_from_model(config.model)
+  exported = hf_config_fields.hf_config_from_model(config.model)
   reference = transformers.HubertConfig(**fields).to_dict()
   for key in ARCHITECTURE_KEYS:
     assert np.array_equal(exported[key], reference[key]), key
@@ -219,4 +219,4 @@ def test_describe_reports_hubert():
 @pytest.mark.parametrize("field, value", [("frontend", "logmel"), ("encoder", "conformer")])
 def test_export_refuses_what_transformers_cannot_hold(field, value):
   with pytest.raises(ValueError, match=f"config.model.{field}='{value}' has no transformers"):
-    hf.hf_config_from_model(common.hubert_model(**{field: value}))
+    hf_config_fields.hf_config_from_model(common.hubert_model(**{field: value}))

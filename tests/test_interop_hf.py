@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from configs import common, demo, w2v_base, w2v_large  # noqa: E402
-from sslax.interop import checkpoint, hf  # noqa: E402
+from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
 from sslax.models import frontends  # noqa: E402
 
 ATOL = 1e-4
@@ -73,19 +73,19 @@ ARCHITECTURE_KEYS = (
 # a model with mask_time_prob 0 has no masked_spec_embed either. The HuBERT variants are
 # fairseq's Base (group norm, post-LN) and Large (layer norm, pre-LN) layouts.
 VARIANTS = {
-  "group-postln-pretraining": ("group", False, False, 0.05, hf.PRETRAINING),
-  "layer-stable-pretraining": ("layer", True, True, 0.05, hf.PRETRAINING),
-  "group-postln-model-bias": ("group", False, True, 0.05, hf.BASE_MODEL),
-  "layer-stable-model": ("layer", True, False, 0.05, hf.BASE_MODEL),
-  "layer-postln-pretraining": ("layer", False, True, 0.05, hf.PRETRAINING),
-  "group-stable-model-nomask": ("group", True, False, 0.0, hf.BASE_MODEL),
-  "hubert-group-postln": ("group", False, False, 0.05, hf.HUBERT),
-  "hubert-layer-stable-bias-nomask": ("layer", True, True, 0.0, hf.HUBERT),
+  "group-postln-pretraining": ("group", False, False, 0.05, hf_families.PRETRAINING),
+  "layer-stable-pretraining": ("layer", True, True, 0.05, hf_families.PRETRAINING),
+  "group-postln-model-bias": ("group", False, True, 0.05, hf_families.BASE_MODEL),
+  "layer-stable-model": ("layer", True, False, 0.05, hf_families.BASE_MODEL),
+  "layer-postln-pretraining": ("layer", False, True, 0.05, hf_families.PRETRAINING),
+  "group-stable-model-nomask": ("group", True, False, 0.0, hf_families.BASE_MODEL),
+  "hubert-group-postln": ("group", False, False, 0.05, hf_families.HUBERT),
+  "hubert-layer-stable-bias-nomask": ("layer", True, True, 0.0, hf_families.HUBERT),
 }
 # What import initialises afresh, by architecture (besides mask_emb without masked_spec_embed).
 FRESH_HEAD = {
-  hf.PRETRAINING: [],
-  hf.BASE_MODEL: [
+  hf_families.PRETRAINING: [],
+  hf_families.BASE_MODEL: [
     "final_proj/bias",
     "final_proj/kernel",
     "project_q/bias",
@@ -94,12 +94,12 @@ FRESH_HEAD = {
     "quantizer/logits/bias",
     "quantizer/logits/kernel",
   ],
-  hf.HUBERT: ["final_proj/bias", "final_proj/kernel", "label_embs_concat"],
+  hf_families.HUBERT: ["final_proj/bias", "final_proj/kernel", "label_embs_concat"],
 }
 
 
 def _hf_model(norm, stable, conv_bias, mask_time_prob, architecture, seed=0):
-  if architecture == hf.HUBERT:
+  if architecture == hf_families.HUBERT:
     config_class, fields = transformers.HubertConfig, SMALL
   else:
     config_class, fields = transformers.Wav2Vec2Config, dict(SMALL, **SMALL_QUANTIZER)
@@ -233,7 +233,7 @@ def test_export_reloads_in_transformers_bitwise(imported, tmp_path, capsys):
   hf.main(["export", "--from", sslax_dir, "--to", out_dir])
   # HuBERT's pretraining head has no place in a HubertModel: left out, and said so.
   hubert = isinstance(model, transformers.HubertModel)
-  left_out = ", ".join(FRESH_HEAD[hf.HUBERT]) if hubert else "nothing"
+  left_out = ", ".join(FRESH_HEAD[hf_families.HUBERT]) if hubert else "nothing"
   assert f"left out: {left_out}" in capsys.readouterr().out
   reload_class = transformers.HubertModel if hubert else transformers.Wav2Vec2ForPreTraining
   reloaded, info = reload_class.from_pretrained(out_dir, output_loading_info=True)
@@ -277,10 +277,10 @@ def test_sslax_checkpoint_round_trip_and_identity_projection(tmp_path):
     assert reimported_config[key] == model_config[key], key
   jax.tree.map(np.testing.assert_array_equal, reimported, params)
 
-  hf_config, tensors = hf.read_hf_checkpoint(str(tmp_path / "hf"))
+  hf_config, tensors = hf_state_dict.read_hf_checkpoint(str(tmp_path / "hf"))
   tensors["wav2vec2.feature_projection.projection.bias"] += 1.0
   with pytest.raises(ValueError, match="feature_projection.projection is not the identity"):
-    hf.variables_from_hf(tensors, hf.model_config_from_hf(hf_config))
+    hf_state_dict.variables_from_hf(tensors, hf_config_fields.model_config_from_hf(hf_config))
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,7 @@ def base_checkpoint(tmp_path_factory):
 
 def test_pytorch_bin_and_legacy_weight_norm_names(base_checkpoint, tmp_path, monkeypatch):
   model, hf_dir = base_checkpoint
-  _, reference = hf.read_hf_checkpoint(hf_dir)
+  _, reference = hf_state_dict.read_hf_checkpoint(hf_dir)
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   shutil.copy(os.path.join(hf_dir, "config.json"), bin_dir)
@@ -305,16 +305,16 @@ def test_pytorch_bin_and_legacy_weight_norm_names(base_checkpoint, tmp_path, mon
   }
   assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in legacy
   torch.save(legacy, bin_dir / "pytorch_model.bin")
-  _, tensors = hf.read_hf_checkpoint(str(bin_dir))
+  _, tensors = hf_state_dict.read_hf_checkpoint(str(bin_dir))
   assert tensors.keys() == reference.keys()
   for key, value in reference.items():
     np.testing.assert_array_equal(tensors[key], value, err_msg=key)
 
   # Without torch, safetensors still reads and pytorch_model.bin says what it needs.
   monkeypatch.setitem(sys.modules, "torch", None)
-  hf.read_hf_checkpoint(hf_dir)
+  hf_state_dict.read_hf_checkpoint(hf_dir)
   with pytest.raises(ImportError, match="needs torch"):
-    hf.read_hf_checkpoint(str(bin_dir))
+    hf_state_dict.read_hf_checkpoint(str(bin_dir))
 
 
 @pytest.mark.parametrize(
@@ -331,7 +331,7 @@ def test_pytorch_bin_and_legacy_weight_norm_names(base_checkpoint, tmp_path, mon
     ("model_type", "wavlm", "model_type"),
     ("model_type", "hubert", "Wav2Vec2ForPreTraining is not supported for model_type 'hubert'"),
     ("architectures", ["Wav2Vec2ForSequenceClassification"], "Wav2Vec2ForSequenceClassification"),
-    ("architectures", [hf.PRETRAINING, hf.CTC], "name different models"),
+    ("architectures", [hf_families.PRETRAINING, hf_families.CTC], "name different models"),
     ("architectures", ["Wav2Vec2ForXVector"], "Wav2Vec2ForXVector"),
     ("num_codevector_groups", 3, "num_codevector_groups"),
   ],
@@ -340,10 +340,10 @@ def test_unsupported_options_are_named(base_checkpoint, key, value, match):
   _, hf_dir = base_checkpoint
   with open(os.path.join(hf_dir, "config.json")) as f:
     hf_config = json.load(f)
-  hf.model_config_from_hf(hf_config)
+  hf_config_fields.model_config_from_hf(hf_config)
   hf_config[key] = value
   with pytest.raises(ValueError, match=match):
-    hf.model_config_from_hf(hf_config)
+    hf_config_fields.model_config_from_hf(hf_config)
 
 
 _Q_PROJ = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
@@ -367,10 +367,10 @@ _Q_PROJ = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
 )
 def test_bad_tensors_are_named(base_checkpoint, edit, match):
   _, hf_dir = base_checkpoint
-  hf_config, tensors = hf.read_hf_checkpoint(hf_dir)
+  hf_config, tensors = hf_state_dict.read_hf_checkpoint(hf_dir)
   edit(tensors)
   with pytest.raises(ValueError, match=match):
-    hf.variables_from_hf(tensors, hf.model_config_from_hf(hf_config))
+    hf_state_dict.variables_from_hf(tensors, hf_config_fields.model_config_from_hf(hf_config))
 
 
 def _hf_num_params(**fields):
@@ -402,7 +402,7 @@ def test_parameter_counts_equal_transformers():
   assert _hf_num_params(**large_fields) == _sslax_num_params(large) == 317_390_592
   # And export writes those architectures.
   for model_config, fields in ((base, {}), (large, large_fields)):
-    exported = hf.hf_config_from_model(model_config)
+    exported = hf_config_fields.hf_config_from_model(model_config)
     reference = transformers.Wav2Vec2Config(**fields).to_dict()
     for key in ARCHITECTURE_KEYS:
       assert np.array_equal(exported[key], reference[key]), key
