@@ -62,6 +62,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2  # checkpoints kept in workdir/checkpoints
   c.compute_dtype = "bfloat16"  # activation dtype; parameters and optimizer state stay float32
   c.grad_accum_steps = 1  # microbatches per update (the global batch is split into them)
+  # A NaN or Inf loss or gradient: 'stop' the run (naming the step and the last good
+  # checkpoint) or 'skip' the update (state unchanged, counted in `skipped_updates`).
+  c.nonfinite = "stop"
+  c.max_consecutive_skips = 10  # 'skip': this many skipped updates in a row stop the run
   # Pretrained parameters for a fresh run: '' (none), 'hf:HF_DIR' or an sslax checkpoint dir.
   c.init_from = ""
 
@@ -232,16 +236,15 @@ def hubert_pretrain_config() -> ml_collections.ConfigDict:
   """Fields shared by HuBERT pretraining configs (fairseq hubert_base_librispeech.yaml).
 
   `pretrain_config()` with HuBERT's model, masking, objective and clipping, its units
-  instead of the Gumbel schedule. The job does not exist yet: sslax.main rejects
-  'pretrain_hubert' until the HuBERT training job lands.
+  instead of the Gumbel schedule (sslax/train/hubert_step.py, sslax/data/hubert_stream.py).
   """
   c = pretrain_config()
-  c.job = "pretrain_hubert"  # which job sslax.main runs
   c.data.batch_size = 192  # 32 GPUs x 1.4M samples = 179 crops of 250k, rounded up
   c.masking.mask_prob = 0.8  # the yaml's mask_prob (wav2vec 2.0: 0.65)
   c.model = hubert_model()
   c.objective = ml_collections.ConfigDict(
     dict(
+      name="hubert",  # masked prediction of k-means units (sslax/objectives/hubert.py)
       logit_temp=0.1,  # cosine similarity to each cluster embedding is divided by this
       pred_masked_weight=1.0,  # weight of the masked frames' cross-entropy
       pred_nomask_weight=0.0,  # weight of the unmasked frames' cross-entropy
@@ -250,8 +253,9 @@ def hubert_pretrain_config() -> ml_collections.ConfigDict:
   )
   c.units = ml_collections.ConfigDict(
     dict(
-      dir="",  # the k-means job's unit shards (their manifest gives K and the label rate)
+      dir="",  # the k-means job's WORKDIR/units (its manifest must agree on K, label rate)
       label_rate=50,  # units per second: 100 (MFCC, iteration 1) or 50 (model features)
+      cache_shards=8,  # decoded unit shards each process keeps in memory (an LRU)
     )
   )
   del c.gumbel  # no quantizer

@@ -1,45 +1,37 @@
-"""SIGTERM to one host of a two-process run: both stop at the same step with a checkpoint,
-exit 0, and rerunning the command continues exactly where they stopped."""
+"""SIGTERM stops a run after a checkpointed step; the same command resumes it exactly.
+
+A single process watches for SIGTERM itself: checked here with the toy job of
+tests/toy_job.py, run in this process, signalling itself mid-run. Several processes agree
+on a step through JAX's preemption sync manager: tests/test_multiprocess.py sends SIGTERM
+to one of four processes.
+"""
 
 import json
+import logging
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
-import time
 
+import jax
 import numpy as np
+import toy_job
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 30
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from sslax.train import checkpoints, loop
 
 
-def two_process_command(workdir, data_dir):
-  return [
-    "bash",
-    "launch/local.sh",
-    "2",
-    "2",
-    "--config=configs/demo.py:tiny",
-    f"--workdir={workdir}",
-    f"--config.data.data_dir={data_dir}",
-    f"--config.total_steps={STEPS}",
-    "--config.checkpoint_every=1000",
-  ]
+class SigtermBefore:
+  """A toy stream that sends SIGTERM to this process as it hands out global batch `index`."""
 
+  def __init__(self, stream, index: int):
+    self._stream, self._index = stream, index
 
-def two_process_env():
-  env = dict(os.environ, SSLAX_COORDINATOR_PORT=str(free_port()), PYTHON=sys.executable)
-  env.pop("XLA_FLAGS")  # launch/local.sh gives each process its own devices
-  return env
+  def batches(self, position: int = 0):
+    for batch, data_state in self._stream.batches(position):
+      if position == self._index:
+        # Never signal unwatched: the default action would end the test session.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch, data_state
+      position += 1
 
 
 def read_metrics(workdir):
@@ -47,69 +39,32 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_sigterm_to_one_process_stops_all_at_one_checkpoint(tmp_path, demo_data_dir):
+def test_sigterm_stops_after_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, caplog):
+  config = toy_job.config(total_steps=10, checkpoint_every=100)
+  reference = str(tmp_path / "reference")
+  loop.train(config, reference, toy_job.setup())
+
+  def signalled_setup(config, workdir, mesh):
+    stream, trainer = toy_job.setup()(config, workdir, mesh)
+    return SigtermBefore(stream, index=4), trainer  # global batch 4: step 5
+
   workdir = str(tmp_path / "preempted")
-  launcher = subprocess.Popen(
-    two_process_command(workdir, demo_data_dir),
-    cwd=REPO,
-    env=two_process_env(),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while not (os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 3):
-    assert launcher.poll() is None and time.time() < deadline, "the run ended before SIGTERM"
-    time.sleep(0.05)
-  # Only the second host is told (as when one VM of a pod is preempted).
-  second = subprocess.run(
-    ["pgrep", "-f", f"workdir={workdir} .*--process_id=1"], capture_output=True, text=True
-  ).stdout.split()
-  assert len(second) == 1
-  os.kill(int(second[0]), signal.SIGTERM)
-  _, stderr = launcher.communicate(timeout=300)
-  assert launcher.returncode == 0, stderr[-5000:]
+  handler = signal.getsignal(signal.SIGTERM)
+  with caplog.at_level(logging.WARNING):
+    loop.train(config, workdir, signalled_setup)
+  assert "preempted: checkpoint 5 written; run the same command again" in caplog.text
+  assert signal.getsignal(signal.SIGTERM) == handler  # the watch gave it back
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["5"]
+  assert [m["step"] for m in read_metrics(workdir)] == [1, 2, 3, 4, 5]
 
-  stops = re.findall(r"preempted: checkpoint (\d+) written", stderr)
-  assert len(stops) == 2 and stops[0] == stops[1], stops  # both processes, same step
-  stopped_at = int(stops[0])
-  assert stopped_at < STEPS
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped_at)))
-  assert [m["step"] for m in read_metrics(workdir)] == list(range(1, stopped_at + 1))
-
-  # Rerunning the same command resumes and ends as an uninterrupted run does.
-  result = subprocess.run(
-    two_process_command(workdir, demo_data_dir),
-    cwd=REPO,
-    env=two_process_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
+  loop.train(config, workdir, toy_job.setup())
+  resumed, uninterrupted = read_metrics(workdir), read_metrics(reference)
+  assert [m["step"] for m in resumed] == list(range(1, 11))
+  for a, b in zip(resumed, uninterrupted, strict=True):
+    # Same program, inputs and devices: bitwise the same.
+    assert (a["loss"], a["data_position"]) == (b["loss"], b["data_position"]), a["step"]
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    checkpoints.load_params(workdir),
+    checkpoints.load_params(reference),
   )
-  assert result.returncode == 0, result.stderr[-5000:]
-  assert f"resumed from checkpoint {stopped_at}" in result.stderr
-  reference_dir = str(tmp_path / "reference")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "sslax.main",
-      "--config=configs/demo.py:tiny",
-      f"--workdir={reference_dir}",
-      f"--config.data.data_dir={demo_data_dir}",
-      f"--config.total_steps={STEPS}",
-      "--config.checkpoint_every=1000",
-    ],
-    cwd=REPO,
-    env=env,
-    check=True,
-    capture_output=True,
-  )
-  resumed, reference = read_metrics(workdir), read_metrics(reference_dir)
-  assert [m["step"] for m in resumed] == [m["step"] for m in reference] == list(range(1, 31))
-  for a, b in zip(resumed, reference, strict=True):
-    assert a["data_position"] == b["data_position"]  # nothing skipped or repeated
-    # Same global batches and mesh shape; cross-process reductions may add in another order.
-    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)

@@ -2,9 +2,14 @@
 
 Each checkpoint is one step directory holding two items: `state` (the sharded
 `TrainState`, written by every process for its own shards) and `data` (the input
-pipeline's position, the same on every process, as JSON). Orbax writes into a temporary
-directory and renames it when complete, so a job killed at any moment, even during an
-asynchronous save, leaves the latest complete checkpoint intact.
+pipeline's position and the loop's count of updates skipped in a row, the same on every
+process, as JSON). Orbax writes into a temporary directory and renames it when complete,
+so a job killed at any moment, even during an asynchronous save, leaves the latest
+complete checkpoint intact (tests/test_sigkill.py kills runs mid-save); the training
+loop's Checkpointer deletes such partial directories when it starts.
+
+A checkpoint restores onto any mesh and process count, but only into a state of the same
+structure, shapes and dtypes: `restore` compares them first and names what differs.
 
 A `TrainState` holds `model_state` (batch statistics, frozen variables; see
 sslax/train/state.py); checkpoints written before it existed restore with it empty.
@@ -20,13 +25,23 @@ import orbax.checkpoint as ocp
 from sslax.train import state as state_lib
 
 
-class Checkpointer:
-  """Saves and restores `(TrainState, input position)` under `workdir`."""
+class IncompatibleCheckpointError(ValueError):
+  """A checkpoint's arrays differ from the state they should restore into."""
 
-  def __init__(self, workdir: str, *, keep: int):
+
+class Checkpointer:
+  """Saves and restores `(TrainState, input position)` under `workdir`.
+
+  `clean_up=True` (the training loop, the one writer) deletes the partial directories of
+  saves interrupted by a crash when it starts; readers beside a running job leave them.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, clean_up: bool = False):
     self._manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=clean_up
+      ),
       item_names=("state", "data"),
     )
 
@@ -44,13 +59,16 @@ class Checkpointer:
     )
 
   def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
-    """Restores step `step` into `shardings` (any mesh); returns (state, data state)."""
+    """Restores step `step` into `shardings` (any mesh); returns (state, data state).
+
+    Raises IncompatibleCheckpointError, naming the arrays, when the checkpoint's arrays
+    differ from `abstract_state`'s (another model size or optimizer).
+    """
     target = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
     )
-    legacy = isinstance(target, state_lib.TrainState) and "model_state" not in _saved_fields(
-      os.path.join(self._manager.directory, str(step), "state")
-    )
+    saved = _saved_tree(os.path.join(self._manager.directory, str(step), "state"))
+    legacy = isinstance(target, state_lib.TrainState) and "model_state" not in saved
     if legacy:
       # Written before TrainState had `model_state`: restore the other fields.
       if jax.tree.leaves(target.model_state):
@@ -59,6 +77,14 @@ class Checkpointer:
           f"{sorted(target.model_state)} (batch statistics or frozen variables)"
         )
       target = {name: getattr(target, name) for name in ("step", "params", "opt_state")}
+    differences = array_differences(saved, target)
+    if differences:
+      shown = "\n  ".join(differences[:_SHOWN])
+      more = f"\n  ... and {len(differences) - _SHOWN} more" if len(differences) > _SHOWN else ""
+      raise IncompatibleCheckpointError(
+        f"checkpoint {step} in {self._manager.directory} does not fit this config's train "
+        f"state ({len(differences)} arrays differ):\n  {shown}{more}"
+      )
     restored = self._manager.restore(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
@@ -74,9 +100,58 @@ class Checkpointer:
     self._manager.close()
 
 
-def _saved_fields(path: str) -> set[str]:
-  """Top-level names of the state tree saved at `path` (a step's 'state' item)."""
-  return set(ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree)
+_SHOWN = 8  # differing arrays listed in an IncompatibleCheckpointError
+_FIELD_ORDER = ("params", "model_state", "step", "opt_state")
+
+
+def _saved_tree(path: str) -> dict:
+  """The metadata tree (shapes, dtypes) of the state saved at `path` (a step's 'state')."""
+  return ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
+
+
+def _key_name(key: Any) -> str:
+  for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """'a/b/0/c' -> (shape, dtype name) of every array leaf of `tree`.
+
+  Orbax saves dataclasses and named tuples as dicts and tuples as lists, so paths are
+  compared by their key names alone.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    "/".join(_key_name(k) for k in path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+    for path, leaf in leaves
+  }
+
+
+def array_differences(saved_tree: Any, target: Any) -> list[str]:
+  """One line per array that differs between a saved metadata tree and `target` (arrays or
+  ShapeDtypeStructs): another shape or dtype, missing from the checkpoint, or extra in it."""
+  saved, wanted = _specs(saved_tree), _specs(target)
+
+  def describe(spec):
+    return f"{spec[1]}{list(spec[0])}"
+
+  def order(path):  # what a reader compares first: the parameters
+    field = path.split("/")[0]
+    return (_FIELD_ORDER.index(field) if field in _FIELD_ORDER else len(_FIELD_ORDER), path)
+
+  lines = []
+  for path in sorted(saved.keys() | wanted.keys(), key=order):
+    if path not in saved:
+      lines.append(f"{path}: {describe(wanted[path])} here, not in the checkpoint")
+    elif path not in wanted:
+      lines.append(f"{path}: {describe(saved[path])} in the checkpoint, not here")
+    elif saved[path] != wanted[path]:
+      lines.append(
+        f"{path}: {describe(saved[path])} in the checkpoint, {describe(wanted[path])} here"
+      )
+  return lines
 
 
 def load_params(workdir: str, step: int | None = None) -> Any:

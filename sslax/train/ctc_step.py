@@ -23,7 +23,7 @@ import optax
 from sslax.data import labelled, text
 from sslax.models import backbone, ctc
 from sslax.objectives import ctc as objective
-from sslax.train import accumulation, optim, sharding, wav2vec2_step
+from sslax.train import accumulation, nonfinite, optim, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 VOCAB_FILE = "vocab.json"
@@ -144,7 +144,7 @@ def build_trainer(
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(
-    make_train_step(model, tx, schedule, config),
+    nonfinite.guard(make_train_step(model, tx, schedule, config), config.nonfinite),
     in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=0,

@@ -6,6 +6,8 @@ so the host never waits on the device except when saving.
 """
 
 from collections.abc import Callable
+import json
+import math
 import os
 from typing import Any
 
@@ -14,10 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from sslax.data import pipeline
-from sslax.train import checkpoints, init_from, metrics, sharding, wav2vec2_step
+from sslax.data import hubert_stream, pipeline
+from sslax.train import checkpoints, init_from, metrics, nonfinite, sharding, wav2vec2_step
 from sslax.train import preemption as preemption_lib
 from sslax.train import state as state_lib
+from sslax.units import labels
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -34,16 +37,17 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def pretraining_setup(
   config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
 ) -> tuple[pipeline.PretrainingStream, wav2vec2_step.Trainer]:
-  """The wav2vec 2.0 pretraining job's input stream and trainer."""
+  """The pretraining job's input stream and trainer (HuBERT's stream adds its units)."""
   del workdir  # pretraining keeps nothing there besides what the loop writes
-  stream = pipeline.PretrainingStream(
-    config.data,
-    config.masking,
-    wav2vec2_step.frames_fn(config),
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
+  args = (config.data, config.masking, wav2vec2_step.frames_fn(config))
+  kwargs = dict(
+    seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
   )
+  if config.objective.name == "hubert":
+    units = labels.UnitLabels.from_config(config)
+    stream = hubert_stream.HubertStream(*args, units, **kwargs)
+  else:
+    stream = pipeline.PretrainingStream(*args, **kwargs)
   return stream, wav2vec2_step.build_trainer(config, mesh)
 
 
@@ -58,15 +62,18 @@ def train(
   """Trains as `config` says, resuming from workdir's latest checkpoint.
 
   `setup` gives the job's stream and trainer: wav2vec 2.0 pretraining by default,
-  `sslax.train.ctc_step.finetuning_setup` for CTC fine-tuning.
+  `sslax.train.ctc_step.finetuning_setup` for CTC fine-tuning. Settings that cannot work
+  (mesh, batch, non-finite handling, a checkpoint of another model) stop the run before
+  it writes anything, with a message naming what to change.
   """
-  write_config(config, workdir)
+  nonfinite.check_config(config)
   is_primary = jax.process_index() == 0
 
   # ---- Mesh ------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   shards = sharding.data_parallel_size(mesh)
   pipeline.check_batch_shards(config.data, shards * config.grad_accum_steps)
+  check_processes_hold_own_batch_shards(mesh)
   logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
 
   # ---- Data, state and step --------------------------------------------------------
@@ -75,11 +82,11 @@ def train(
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
   # ---- Restore ---------------------------------------------------------------------
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, clean_up=True)
   latest = checkpointer.latest_step()
   if latest is None:
     state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
-    data_state = {"position": 0}
+    data_state, consecutive_skips = {"position": 0}, 0
     if config.init_from:
       params, newly_initialised = init_from.initial_params(
         state.params, trainer.state_shardings.params, config.init_from
@@ -89,54 +96,127 @@ def train(
         "initialised from %s; newly initialised: %s", config.init_from, newly_initialised
       )
   else:
-    state, data_state = checkpointer.restore(
-      latest, trainer.abstract_state, trainer.state_shardings
-    )
+    try:
+      state, data_state = checkpointer.restore(
+        latest, trainer.abstract_state, trainer.state_shardings
+      )
+    except checkpoints.IncompatibleCheckpointError as error:
+      checkpointer.close()
+      raise checkpoints.IncompatibleCheckpointError(
+        f"{error}\n{_what_to_change(workdir, config)}"
+      ) from None
+    # Absent from checkpoints written before updates could be skipped.
+    consecutive_skips = data_state.pop(_CONSECUTIVE_SKIPS, 0)
     logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
   step = int(jax.device_get(state.step))
+  write_config(config, workdir)
 
   # ---- Loop ------------------------------------------------------------------------
   logger = metrics.MetricsLogger(
     workdir, total_steps=config.total_steps, log_every=config.log_every, is_primary=is_primary
   )
   logger.truncate_after(step)
+  monitor = nonfinite.Monitor(config.nonfinite, config.max_consecutive_skips, consecutive_skips)
   batches = stream.batches(data_state["position"])
   pending = None  # (step, device metrics, data position) of a step, read one step late
   preemption = preemption_lib.PreemptionWatch()
-  with sharding.activate(mesh):
-    while step < config.total_steps:
-      host_batch, data_state = next(batches)
-      batch = sharding.global_batch(host_batch, mesh)
-      state, step_metrics = trainer.step(state, batch, step_rng)
-      step += 1
+  try:
+    with sharding.activate(mesh):
+      while step < config.total_steps:
+        host_batch, data_state = next(batches)
+        batch = sharding.global_batch(host_batch, mesh)
+        state, step_metrics = trainer.step(state, batch, step_rng)
+        step += 1
+        if pending is not None:
+          _log(logger, monitor, checkpointer, *pending)
+        pending = (step, step_metrics, data_state["position"])
+        preempted = preemption.reached(step)
+        if preempted or step % config.checkpoint_every == 0 or step == config.total_steps:
+          _log(logger, monitor, checkpointer, *pending)  # never checkpoint a non-finite step
+          pending = None
+          checkpointer.save(step, state, {**data_state, _CONSECUTIVE_SKIPS: monitor.consecutive})
+        if preempted:
+          logging.warning(
+            "preempted: checkpoint %d written; run the same command again to resume", step
+          )
+          break
       if pending is not None:
-        _log(logger, *pending, checkpointer)
-      pending = (step, step_metrics, data_state["position"])
-      preempted = preemption.reached(step)
-      if preempted or step % config.checkpoint_every == 0 or step == config.total_steps:
-        _log(logger, *pending, checkpointer)  # never checkpoint a non-finite step
-        pending = None
-        checkpointer.save(step, state, data_state)
-      if preempted:
-        logging.warning(
-          "preempted: checkpoint %d written; run the same command again to resume", step
-        )
-        break
-    if pending is not None:
-      _log(logger, *pending, checkpointer)
-  preemption.close()
+        _log(logger, monitor, checkpointer, *pending)
+  except FloatingPointError:
+    # Every process stops at the same step: let the last good checkpoint's save finish.
+    checkpointer.wait()
+    checkpointer.close()
+    raise
+  finally:
+    preemption.close()
+    logger.close()
   checkpointer.wait()
   checkpointer.close()
-  logger.close()
 
 
-def _log(logger, step, device_metrics, data_position, checkpointer) -> None:
-  """Reads a finished step's metrics; stops on a non-finite loss, naming where to resume."""
-  host = jax.device_get(device_metrics)
-  if not np.isfinite(host["loss"]):
-    latest = checkpointer.latest_step()
-    where = "none was written yet" if latest is None else f"step {latest} in the workdir"
-    raise FloatingPointError(
-      f"loss is {host['loss']} at step {step}; the last good checkpoint: {where}"
+def check_processes_hold_own_batch_shards(mesh: jax.sharding.Mesh) -> None:
+  """Raises ValueError, naming config.mesh, unless every process holds its own equal share
+  of the mesh's batch shards: each process reads its own rows of every global batch
+  (`sharding.global_batch`), so a batch shard whose devices span processes (a `tensor`
+  axis wider than one process's devices) would be assembled from different rows."""
+  batch_axes = dict(sharding.LOGICAL_AXIS_RULES)["batch"]
+  positions = [mesh.axis_names.index(name) for name in batch_axes]
+  held: dict[int, set] = {}
+  for index, device in np.ndenumerate(mesh.devices):
+    held.setdefault(device.process_index, set()).add(tuple(index[i] for i in positions))
+  total = math.prod(mesh.shape[name] for name in batch_axes)
+  # Equal shares that add up to all shards are disjoint.
+  even = all(len(shards) * len(held) == total for shards in held.values())
+  if not even or len(set().union(*held.values())) != total:
+    raise ValueError(
+      f"config.mesh resolves to {dict(mesh.shape)}, whose {total} batch shards (data x fsdp) "
+      f"do not split evenly over the {len(held)} processes: each process reads its own rows, "
+      "so each must hold its own batch shards. Change config.mesh so that tensor spans no "
+      "more devices than one process has"
     )
+
+
+# The data item's count of updates skipped in a row (`config.nonfinite = 'skip'`), so a
+# resumed run stops after as many further skips as an uninterrupted one.
+_CONSECUTIVE_SKIPS = "consecutive_skips"
+
+
+def _log(logger, monitor, checkpointer, step, device_metrics, data_position) -> None:
+  """Reads a finished step's metrics and logs them; stops the run on a non-finite step
+  (`config.nonfinite`), naming the step and where to resume."""
+  host = jax.device_get(device_metrics)
+  monitor.check(step, host, checkpointer.latest_step)
   logger.add(step, host, data_position)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _what_to_change(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """How a config differs from the workdir's config.json (the run that wrote the
+  checkpoints) and what to do about it."""
+  path = os.path.join(workdir, "config.json")
+  advice = (
+    "Resume with the config that wrote the checkpoint, or train this config in a new --workdir."
+  )
+  if not os.path.exists(path):
+    return advice
+  with open(path) as f:
+    written = _flat(json.load(f))
+  current = _flat(json.loads(config.to_json_best_effort()))
+  missing = "(absent)"
+  changes = [
+    f"config.{key}: {written.get(key, missing)} there, {current.get(key, missing)} here"
+    for key in sorted(written.keys() | current.keys())
+    if written.get(key, missing) != current.get(key, missing)
+  ]
+  if not changes:
+    return advice
+  return f"This config differs from {path} in:\n  " + "\n  ".join(changes) + "\n" + advice

@@ -31,8 +31,10 @@ _PER_STEP = ("learning_rate", "gumbel_temperature", "grad_norm")
 _PROGRESS = (
   (("loss",), "loss %.4f"),
   (("accuracy",), "acc %.3f"),
+  (("accuracy_unmasked",), "acc_u %.3f"),
   (("prob_perplexity", "code_perplexity"), "ppl %.1f (codes %.1f)"),
   (("infeasible",), "infeasible %d"),
+  (("skipped_updates",), "skipped %d"),
   (("learning_rate",), "lr %.2e"),
   (("gumbel_temperature",), "temp %.3f"),
   (("audio_seconds_per_second",), "%.1f s audio/s"),
@@ -42,19 +44,37 @@ _PROGRESS = (
 def summarize(sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]:
   """Turns interval sums into reported means; `seconds` is the interval's wall time.
 
-  Pretraining sums (with `masked_frames`) become means per masked frame and `accuracy`;
+  Pretraining sums (with `masked_frames`) become means per masked frame and `accuracy`
+  (HuBERT's also `accuracy_masked` and `accuracy_unmasked`);
   fine-tuning sums (with `utterances`) become means per utterance, `infeasible` stays a count.
+  With `config.nonfinite = 'skip'`, `skipped_updates` counts the interval's skipped steps;
+  they add nothing else, so per-step values are means over the updates applied (an
+  interval without any reports only the count and the rates).
   """
+  if "skipped_updates" in sums and sums["skipped_updates"] == steps:
+    # No update applied: the (zeroed) sums mean nothing.
+    return {
+      "skipped_updates": sums["skipped_updates"],
+      "audio_seconds_per_second": 0.0,
+      "steps_per_second": steps / max(seconds, 1e-9),
+    }
   out = {}
   if "masked_frames" in sums:
     frames = max(sums["masked_frames"], 1.0)
     out.update({name: sums[name] / frames for name in _PER_MASKED_FRAME if name in sums})
     out["accuracy"] = sums["correct"] / frames
+  if "count_m_0" in sums:  # HuBERT: fairseq's acc_m_0 and acc_u_0, per label set 0 frame
+    out["accuracy_masked"] = sums["correct_m_0"] / max(sums["count_m_0"], 1.0)
+    out["accuracy_unmasked"] = sums["correct_u_0"] / max(sums["count_u_0"], 1.0)
   if "utterances" in sums:
     utterances = max(sums["utterances"], 1.0)
     out.update({name: sums[name] / utterances for name in _PER_UTTERANCE})
     out["infeasible"] = sums["infeasible"]
-  out.update({name: sums[name] / steps for name in _PER_STEP if name in sums})
+  applied = steps
+  if "skipped_updates" in sums:
+    out["skipped_updates"] = sums["skipped_updates"]
+    applied = steps - sums["skipped_updates"]
+  out.update({name: sums[name] / applied for name in _PER_STEP if name in sums})
   out["audio_seconds_per_second"] = sums["audio_samples"] / 16_000 / max(seconds, 1e-9)
   out["steps_per_second"] = steps / max(seconds, 1e-9)
   return out

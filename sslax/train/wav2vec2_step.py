@@ -5,12 +5,13 @@ batch is split into A microbatches scanned in sequence; their gradient and metri
 are added and divided once by the total number of masked frames, which is fairseq's
 normalisation by `sample_size` over accumulated updates.
 
-`config.objective.name` picks what is learned: 'wav2vec2' (contrastive, this module) or
-'bestrq' (random-projection targets, `sslax.train.bestrq_step`). Everything else is
-shared by `make_update_step`: accumulation, the model's non-parameter state, the
-optimizer. A conformer with batch norm trains with `mutable=['batch_stats']`; its running
-statistics are updated once per step with the mean of the microbatches' updates, and the
-frozen BEST-RQ quantizer (`frozen`) is passed through unchanged.
+`config.objective.name` picks what is learned: 'wav2vec2' (contrastive, this module),
+'bestrq' (random-projection targets, `sslax.train.bestrq_step`) or 'hubert' (k-means
+units, `sslax.train.hubert_step`). Everything else is shared by `make_update_step`:
+accumulation, the model's non-parameter state, the optimizer. A conformer with batch
+norm trains with `mutable=['batch_stats']`; its running statistics are updated once per
+step with the mean of the microbatches' updates, and the frozen BEST-RQ quantizer
+(`frozen`) is passed through unchanged.
 """
 
 from collections.abc import Callable
@@ -24,11 +25,11 @@ import optax
 
 from sslax.models import backbone, wav2vec2
 from sslax.objectives import wav2vec2 as objective
-from sslax.train import accumulation, bestrq_step, optim, sharding
+from sslax.train import accumulation, bestrq_step, hubert_step, nonfinite, optim, sharding
 from sslax.train import state as state_lib
 
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
-OBJECTIVES = ("wav2vec2", "bestrq")
+OBJECTIVES = ("wav2vec2", "bestrq", "hubert")
 
 # loss_fn(params, model_state, microbatch, rng, scalars) -> (loss sum, (metric sums,
 # updated model_state collections)); `scalars` are the step's per-step values.
@@ -46,6 +47,8 @@ def build_model(config: ml_collections.ConfigDict) -> backbone.Backbone:
   """The pretraining model with the config's compute dtype (parameters stay float32)."""
   if _objective_name(config) == "bestrq":
     return bestrq_step.build_model(config)
+  if _objective_name(config) == "hubert":
+    return hubert_step.build_model(config)
   return wav2vec2.Wav2Vec2(**config.model.to_dict(), dtype=jnp.dtype(config.compute_dtype))
 
 
@@ -177,11 +180,14 @@ def make_train_step(
 ) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
   """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
 
-  `batch` holds audio f32[B,S], audio_paddings f32[B,S] and mask bool[B,F]; metrics are
-  sums over the batch (see `sslax.objectives.wav2vec2` or `.bestrq`) plus per-step scalars.
+  `batch` holds audio f32[B,S], audio_paddings f32[B,S] and mask bool[B,F] (HuBERT: and
+  labels i32[B,L]); metrics are sums over the batch (see `sslax.objectives.wav2vec2`,
+  `.bestrq` or `.hubert`) plus per-step scalars.
   """
   if _objective_name(config) == "bestrq":
     loss_fn, scalars = bestrq_step.loss_fn(model), lambda step: {}
+  elif _objective_name(config) == "hubert":
+    loss_fn, scalars = hubert_step.loss_fn(model, config), lambda step: {}
   else:
     loss_fn = wav2vec2_loss_fn(model, config)
 
@@ -200,7 +206,8 @@ class Trainer:
   abstract_state: the TrainState's shapes and dtypes, unallocated.
   state_shardings: NamedShardings of the TrainState, from the logical rules.
   step: jitted `(state, global batch, rng) -> (state, metrics)`, state donated; call it
-    inside `sharding.activate(mesh)`.
+    inside `sharding.activate(mesh)`. With `config.nonfinite = 'skip'` it keeps the state
+    of a step with a non-finite loss or gradient (`sslax.train.nonfinite.guard`).
   """
 
   model: backbone.Backbone
@@ -220,7 +227,7 @@ def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(
-    make_train_step(model, tx, schedule, config),
+    nonfinite.guard(make_train_step(model, tx, schedule, config), config.nonfinite),
     in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=0,
