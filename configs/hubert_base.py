@@ -5,8 +5,7 @@ config/pretrain/data/iter1.yaml and iter2.yaml and the paper (Hsu et al. 2021): 
 1 predicts K=100 k-means units of MFCC (100 Hz) for 250k updates; iteration 2 predicts
 K=500 units of layer-6 features of the iteration-1 model (50 Hz) for 400k updates.
 
-Command (TPU pod or GPU cluster, one process per host), once the HuBERT training job
-lands (until then sslax.main rejects job 'pretrain_hubert'):
+Command (TPU pod or GPU cluster, one process per host):
   python -m sslax.main --config=configs/hubert_base.py:iter2 --workdir=DIR \
     --config.data.name=librispeech \
     --config.data.split=train_clean100+train_clean360+train_other500 \

@@ -1,7 +1,6 @@
 """HuBERT Base with a conformer encoder (issue 6: every objective with every encoder).
 
-Command (TPU pod or GPU cluster, one process per host), once the HuBERT training job
-lands (until then sslax.main rejects job 'pretrain_hubert'):
+Command (TPU pod or GPU cluster, one process per host):
   python -m sslax.main --config=configs/hubert_conformer.py:iter2 --workdir=DIR \
     --config.data.name=librispeech \
     --config.data.split=train_clean100+train_clean360+train_other500 \

@@ -3,8 +3,7 @@
 Targets: K=500 k-means units of layer-9 features of the iteration-2 Base model (50 Hz),
 as the paper (Hsu et al. 2021) trains Large.
 
-Command (TPU pod or GPU cluster, one process per host), once the HuBERT training job
-lands (until then sslax.main rejects job 'pretrain_hubert'):
+Command (TPU pod or GPU cluster, one process per host):
   python -m sslax.main --config=configs/hubert_large.py --workdir=DIR \
     --config.data.name=... --config.units.dir=KMEANS_WORKDIR/units
 

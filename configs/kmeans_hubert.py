@@ -4,22 +4,39 @@ Command:
   python -m sslax.main --config=configs/kmeans_hubert.py --workdir=/tmp/sslax-units-it2 \
     --config.features.checkpoint=CHECKPOINT --config.features.layer=6
 
-CHECKPOINT is an sslax checkpoint directory (sslax/interop/checkpoint.py) or hf:HF_DIR
-(a transformers wav2vec 2.0 checkpoint). The paper clusters layer 6 of the iteration-1
-Base model into 500 units (Large/X-Large: layer 9 of the iteration-2 Base); the labels
-come at the model's frame rate (50 Hz for the 320x conv stack). Fit sample and k-means
-settings as configs/kmeans_mfcc.py (fairseq's).
+CHECKPOINT is an sslax checkpoint directory (sslax/interop/checkpoint.py), a training
+workdir (its latest checkpoint, e.g. a HuBERT iteration-1 run) or hf:HF_DIR (a
+transformers wav2vec 2.0 or HuBERT checkpoint). The paper clusters layer 6 of the
+iteration-1 Base model into 500 units (Large/X-Large: layer 9 of the iteration-2 Base);
+the labels come at the model's frame rate (50 Hz for the 320x conv stack). Fit sample and
+k-means settings as configs/kmeans_mfcc.py (fairseq's).
+
+`:demo`: the demo corpus's iteration 2 (configs/demo_hubert.py): K=100 on layer 2 (the
+middle of 4) of the iteration-1 demo run in /tmp/sslax-hubert-it1.
+`:tiny` (tests): K=8 on layer 1 of configs/demo_hubert.py:iter1,tiny's 2 layers, the dev
+split in one shard, fit settings of configs/kmeans_mfcc.py:tiny; give the checkpoint.
 """
 
-from configs import common
+from configs import common, kmeans_mfcc
 
 
 def get_config(arg=None):
-  if arg is not None:
-    raise ValueError(f"configs/kmeans_hubert.py takes no argument, got {arg!r}")
-  c = common.kmeans_config()
+  if arg not in (None, "demo", "tiny"):
+    raise ValueError(f"configs/kmeans_hubert.py takes no argument, 'demo' or 'tiny', got {arg!r}")
+  c = kmeans_mfcc.get_config("tiny") if arg == "tiny" else common.kmeans_config()
+  c.unlock()
   c.features.source = "checkpoint"
   c.features.layer = 6
   c.kmeans.num_clusters = 500
+  if arg == "demo":
+    c.features.checkpoint = "/tmp/sslax-hubert-it1"
+    c.features.layer = 2
+    c.kmeans.num_clusters = 100
+  if arg == "tiny":
+    c.features.layer = 1
+    c.features.batch_size = 16  # utterances per forward pass
+    c.features.pad_multiple = 160_000  # 10 s: every dev utterance, one compiled shape
+    c.kmeans.num_clusters = 8
+    c.units.examples_per_shard = 64  # one shard: one forward-pass compilation per stage
   c.lock()
   return c

@@ -23,3 +23,16 @@ def demo_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
   builder.prepare(data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_mfcc_units(tmp_path_factory, demo_data_dir) -> str:
+  """`WORKDIR/units` of configs/kmeans_mfcc.py:tiny (dev split, K=8, 100 Hz), run once."""
+  from configs import kmeans_mfcc
+  from sslax.units import job
+
+  config = kmeans_mfcc.get_config("tiny")
+  config.data.data_dir = demo_data_dir
+  workdir = str(tmp_path_factory.mktemp("tiny_mfcc_units"))
+  job.run(config, workdir)
+  return f"{workdir}/units"

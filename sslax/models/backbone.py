@@ -21,6 +21,7 @@ same flat names in every model ('frontend', 'feature_norm', 'post_extract_proj',
 """
 
 from collections.abc import Sequence
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 from sslax.models import conformer, frontends, spectrogram, transformer
 
 FRONTENDS = ("waveform", "logmel")
+SAMPLE_RATE_HZ = 16_000  # every frontend's input rate
 ENCODERS = ("transformer", "conformer")
 
 
@@ -45,6 +47,20 @@ def num_frames(num_samples, model: Any):
     return frontends.num_frames(num_samples, tuple(tuple(layer) for layer in model.conv_layers))
   if model.frontend == "logmel":
     return spectrogram.num_frames(num_samples, subsampling=model.mel_subsampling)
+  raise ValueError(f"config.model.frontend={model.frontend!r}; expected one of {FRONTENDS}")
+
+
+def frame_rate_hz(model: Any) -> float:
+  """Frames per second of the model's frontend at 16 kHz (`model` as in `num_frames`).
+
+  'waveform': 16,000 / the product of the conv strides (50 Hz for fairseq's stack);
+  'logmel': the 100 Hz log-mel frames / `mel_subsampling` (25 Hz at 4x).
+  """
+  if model.frontend == "waveform":
+    return SAMPLE_RATE_HZ / math.prod(stride for _, _, stride in model.conv_layers)
+  if model.frontend == "logmel":
+    frame_step = spectrogram.LogMelFrontend.frame_step  # the hop `make_frontend` builds with
+    return SAMPLE_RATE_HZ / (frame_step * model.mel_subsampling)
   raise ValueError(f"config.model.frontend={model.frontend!r}; expected one of {FRONTENDS}")
 
 

@@ -5,13 +5,14 @@ one f32[T_u, dim] array per utterance at `frame_rate_hz`; `description` goes int
 manifest.
 """
 
-import math
+import json
 
 import ml_collections
 import numpy as np
 
 from sslax import extract
 from sslax.features import mfcc
+from sslax.models import backbone
 
 _NORMALIZE_EPS = 1e-5  # as the pretraining pipeline (fairseq's layer norm of the waveform)
 
@@ -29,7 +30,8 @@ class Mfcc:
 
 
 class CheckpointLayer:
-  """Hidden state `layer` of a wav2vec 2.0 checkpoint (sslax dir or hf:DIR), via sslax.extract.
+  """Hidden state `layer` of a wav2vec 2.0 or HuBERT checkpoint, via sslax.extract: an sslax
+  checkpoint dir, a training workdir (its latest checkpoint) or hf:DIR.
 
   `sslax.extract.extract` compiles its forward pass per call (and per padded length), so
   the job calls it once per shard, not per batch.
@@ -47,8 +49,7 @@ class CheckpointLayer:
       )
     self._features = features
     self.dim = self._model_config.embed_dim
-    stride = math.prod(s for _, _, s in self._model_config.conv_layers)
-    self.frame_rate_hz = extract.SAMPLE_RATE_HZ / stride
+    self.frame_rate_hz = backbone.frame_rate_hz(self._model_config)
     self.description = dict(
       type="checkpoint",
       checkpoint=features.checkpoint,
@@ -71,6 +72,32 @@ class CheckpointLayer:
       pad_multiple=self._features.pad_multiple,
     )
     return [h[self._features.layer].astype(np.float32) for h in hidden]
+
+
+def from_manifest(description: dict, batch_size: int, pad_multiple: int) -> Mfcc | CheckpointLayer:
+  """The source a units manifest's `features` describe, to featurise other audio the same way.
+
+  `batch_size` and `pad_multiple` (checkpoint sources) only batch the forward passes.
+  Raises ValueError when the description is not one this code computes.
+  """
+  if description.get("type") == "mfcc":
+    if json.loads(json.dumps(mfcc.PARAMS)) != description:
+      raise ValueError(f"the manifest's MFCC settings {description} are not sslax's {mfcc.PARAMS}")
+    return Mfcc()
+  if description.get("type") == "checkpoint":
+    return CheckpointLayer(
+      ml_collections.ConfigDict(
+        dict(
+          source="checkpoint",
+          checkpoint=description["checkpoint"],
+          layer=description["layer"],
+          normalize=description["normalize"],
+          batch_size=batch_size,
+          pad_multiple=pad_multiple,
+        )
+      )
+    )
+  raise ValueError(f"unknown features in a units manifest: {description}")
 
 
 def make(features: ml_collections.ConfigDict) -> Mfcc | CheckpointLayer:

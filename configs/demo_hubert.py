@@ -1,0 +1,68 @@
+"""HuBERT's two iterations on the embedded demo corpus, on a laptop-class CPU.
+
+Commands (the README's HuBERT section; results in benchmarks/RESULTS.md):
+  python -m sslax.main --config=configs/kmeans_mfcc.py --workdir=/tmp/sslax-hubert-units1
+  python -m sslax.main --config=configs/demo_hubert.py:iter1 --workdir=/tmp/sslax-hubert-it1
+  python -m sslax.main --config=configs/kmeans_hubert.py:demo --workdir=/tmp/sslax-hubert-units2
+  python -m sslax.main --config=configs/demo_hubert.py:iter2 --workdir=/tmp/sslax-hubert-it2
+
+iter1: K=100 k-means units of MFCC at 100 Hz (configs/kmeans_mfcc.py); iter2: K=100 units
+of layer 2 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo). The paper's
+iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also keeps the two
+iterations' cluster-quality numbers comparable (PNMI grows with K).
+
+Model: configs/demo.py's shrunk Base (128-channel conv extractor, 4 x 256 Transformer,
+final_dim 128) with HuBERT's head; objective, masking (p=0.8) and clipping as fairseq's
+hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 400 steps with
+40 of warmup: about 15 minutes on 2 idle CPU cores. Result (benchmarks/RESULTS.md): masked
+accuracy 0.23; the iteration-2 units (layer 2) reach PNMI 0.40 on dev, below MFCC's 0.48:
+400 steps were too few here for iteration 2 to beat MFCC.
+
+Append `,tiny` (e.g. `:iter1,tiny`) for a 2-layer width-32 model on 1 s crops of the dev
+split with K=8, the units of configs/kmeans_mfcc.py:tiny (iter1) or
+configs/kmeans_hubert.py:tiny (iter2), for tests and smoke runs: a step takes milliseconds.
+"""
+
+from configs import common, demo
+
+# iteration: (clusters, label rate in Hz, units dir of the README's commands)
+_ITERATIONS = {
+  "iter1": (100, 100, "/tmp/sslax-hubert-units1/units"),
+  "iter2": (100, 50, "/tmp/sslax-hubert-units2/units"),
+}
+TINY_CLUSTERS = 8  # configs/kmeans_mfcc.py:tiny and configs/kmeans_hubert.py:tiny
+
+
+def get_config(arg=None):
+  iteration, _, size = (arg or "").partition(",")
+  if iteration not in _ITERATIONS or size not in ("", "tiny"):
+    raise ValueError(
+      f"configs/demo_hubert.py takes one of {tuple(_ITERATIONS)}, optionally ',tiny'; got {arg!r}"
+    )
+  tiny = size == "tiny"
+  num_classes, label_rate, units_dir = _ITERATIONS[iteration]
+  w2v = demo.get_config("tiny" if tiny else None)  # the demo run and model to mirror
+  c = common.hubert_pretrain_config()
+  for field in ("total_steps", "log_every", "checkpoint_every", "compute_dtype"):
+    c[field] = w2v[field]
+  c.data.update(
+    batch_size=w2v.data.batch_size,
+    max_samples=w2v.data.max_samples,
+    min_samples=w2v.data.min_samples,
+  )
+  c.optim.update(learning_rate=w2v.optim.learning_rate, warmup_steps=w2v.optim.warmup_steps)
+  if not tiny:
+    # ~15 minutes on 2 idle CPU cores (2.1 s per step): 4.4 h of audio, 6.6 epochs.
+    c.total_steps = 400
+    c.checkpoint_every = 200
+    c.optim.warmup_steps = 40
+  backbone = {k: v for k, v in w2v.model.items() if k in common.hubert_model()}
+  c.model = common.hubert_model(**backbone, num_classes=(num_classes,))
+  c.units.dir = units_dir
+  c.units.label_rate = label_rate
+  if tiny:
+    c.data.split = "dev"  # where the tiny k-means configs write units
+    c.model.num_classes = (TINY_CLUSTERS,)
+    c.units.dir = ""  # tests point it at their k-means workdir
+  c.lock()
+  return c
