@@ -10,12 +10,12 @@ result on the test split, whose voices training never hears):
 Model: configs/demo.py's architecture (so its workdir initialises everything but lm_head)
 with fairseq's fine-tuning regularisation (base_10m.yaml: layerdrop 0.1, time masks 0.65,
 channel masks 0.25, Transformer frozen for the first part of training, tri-stage Adam),
-shrunk in steps (250) and scaled up in learning rate to fit about 5 minutes on 2 idle
-CPU cores (a 10-minute subset of the train split's utterances up to 7 s). Without
-`init_from` it trains from scratch, the baseline of the low-resource comparison (set
-`--config.optim.freeze_finetune_updates=0` there: a random Transformer gains nothing
-from being frozen). Not yet measured on an idle machine: with 9.8 s padding and no
-freeze, a step took 4.6 s while other jobs held the cores (load 7).
+shrunk in steps (600; 250 left both arms emitting only blanks) and scaled up in learning
+rate (a 10-minute subset of the train split's utterances up to 7 s). Without `init_from`
+it trains from scratch, the baseline of the low-resource comparison (set
+`--config.optim.freeze_finetune_updates=0` there: a random Transformer gains nothing from
+being frozen). A run took about 45 minutes on 2 CPU cores shared with other jobs (load
+5-10); results in benchmarks/RESULTS.md.
 
 `--config=configs/demo_ctc.py:tiny` uses configs/demo.py:tiny's architecture on short
 utterances, for tests: a step takes milliseconds.
@@ -28,9 +28,9 @@ def get_config(arg=None):
   if arg not in (None, "tiny"):
     raise ValueError(f"configs/demo_ctc.py takes no argument or 'tiny', got {arg!r}")
   c = common.finetune_config()
-  c.total_steps = 250
-  c.log_every = 25
-  c.checkpoint_every = 125
+  c.total_steps = 600
+  c.log_every = 50
+  c.checkpoint_every = 200
   c.compute_dtype = "float32"  # bf16 matmuls are slow on CPUs
   c.data.name = "sslax_demo_corpus"
   c.data.split = "train"
@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.masking.mask_channel_length = 21  # fairseq's 64 of 768 channels, scaled to 256
   c.model = common.ctc_model(demo.get_config(arg).model)
   c.optim.learning_rate = 5e-4
-  c.optim.freeze_finetune_updates = 50
+  c.optim.freeze_finetune_updates = 60
   c.eval.split = "test"
   c.eval.batch_size = 8
   if arg == "tiny":
