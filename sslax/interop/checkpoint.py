@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors.numpy
 
 from sslax.data import text
@@ -337,14 +336,10 @@ def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
     vocab = text.Vocabulary.load(vocab_file)
     fields = dict(fields, vocab_size=len(vocab))
   model_config = model_config_from_json(fields)
-  if step is None:
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+  step = checkpoints.latest_complete_step(workdir) if step is None else step
   expected_params, expected_state = variable_shapes(model_config)
   params = checkpoints.load_params(workdir, step)
-  model_state = _load_model_state(workdir, step) if expected_state else {}
+  model_state = checkpoints.load_state_field(workdir, "model_state", step) if expected_state else {}
   for name, tree, shapes in (
     ("parameters", params, expected_params),
     ("model state", model_state, expected_state),
@@ -355,24 +350,3 @@ def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
       shapes,
     )
   return Checkpoint(model_config, params, model_state, vocab)
-
-
-def _load_model_state(workdir: str, step: int) -> dict:
-  """The train state's `model_state` at `step` as numpy (as `checkpoints.load_params` does
-  for `params`, which it alone reads)."""
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  if "model_state" not in tree:
-    return {}
-  metadata = tree["model_state"]
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-  restored = checkpointer.restore(
-    path,
-    args=ocp.args.PyTreeRestore(
-      item={"model_state": metadata},
-      restore_args={"model_state": restore_args},
-      partial_restore=True,
-    ),
-  )
-  return restored["model_state"]

@@ -154,26 +154,45 @@ def array_differences(saved_tree: Any, target: Any) -> list[str]:
   return lines
 
 
+def latest_complete_step(workdir: str) -> int:
+  """The newest complete checkpoint's step in `workdir/checkpoints`.
+
+  Raises:
+    FileNotFoundError: there is none.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+  return step
+
+
 def load_params(workdir: str, step: int | None = None) -> Any:
   """The float32 parameters of a training checkpoint, as numpy on the host (no mesh needed).
 
   `step` defaults to the latest complete checkpoint in `workdir/checkpoints`.
   """
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if step is None:
-    step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-  path = os.path.join(directory, str(step), "state")
+  return load_state_field(workdir, "params", step)
+
+
+def load_state_field(workdir: str, field: str, step: int | None = None) -> Any:
+  """One TrainState field (`params`, `model_state`, ...) of a training checkpoint, as
+  numpy on the host; {} when the checkpoint has no such field (older checkpoints lack
+  `model_state`). `step` defaults to the latest complete checkpoint.
+  """
+  step = latest_complete_step(workdir) if step is None else step
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
-  params_metadata = checkpointer.metadata(path).item_metadata.tree["params"]
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_metadata)
+  tree = checkpointer.metadata(path).item_metadata.tree
+  if field not in tree:
+    return {}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree[field])
   restored = checkpointer.restore(
     path,
     args=ocp.args.PyTreeRestore(
-      item={"params": params_metadata},
-      restore_args={"params": restore_args},
+      item={field: tree[field]},
+      restore_args={field: restore_args},
       partial_restore=True,
     ),
   )
-  return restored["params"]
+  return restored[field]
