@@ -13,17 +13,19 @@ import shutil
 import subprocess
 import sys
 
+import flax.linen
+import jax
 import numpy as np
 import pytest
 import soundfile
 
-from configs import demo, kmeans_hubert, kmeans_mfcc
+from configs import demo, demo_conformer, kmeans_hubert, kmeans_mfcc
 from sslax import extract
 from sslax.data.demo_corpus import builder as demo_builder
 from sslax.features import mfcc
 from sslax.interop import checkpoint
 from sslax.models import frontends
-from sslax.units import job, shards
+from sslax.units import job, shards, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,3 +260,50 @@ def test_reservoir_is_a_uniform_bounded_sample():
   small = job.Reservoir(10, np.random.default_rng(0))
   small.add(rows[:4])
   np.testing.assert_array_equal(np.sort(small.sample(1)[:, 0]), [0, 1, 2, 3])
+
+
+def test_checkpoint_layer_uses_a_conformers_running_statistics(tmp_path):
+  """A batch-norm conformer's features come from its saved running statistics."""
+  model_config = demo_conformer.get_config("w2v,tiny").model
+  init = flax.linen.meta.unbox(
+    checkpoint.build_model(model_config).init(
+      jax.random.key(0),
+      np.zeros((1, 16_080), np.float32),
+      np.zeros((1, 16_080), np.float32),
+      np.zeros((1, 50), bool),
+      train=False,
+      **checkpoint.eval_kwargs(model_config),
+    )
+  )
+  params = jax.tree.map(np.asarray, init["params"])
+  stats = jax.tree.map(lambda x: np.asarray(x) + 0.5, init["batch_stats"])  # moved off (0, 1)
+  assert stats, "the demo conformer should have batch-norm statistics"
+  path = str(tmp_path / "ckpt")
+  checkpoint.save_sslax_checkpoint(path, model_config, params, {"batch_stats": stats})
+  features = kmeans_hubert.get_config().features
+  features.checkpoint, features.layer, features.batch_size = path, 1, 2
+  features.pad_multiple = 16_000
+  waveforms = [
+    np.random.default_rng(i).normal(size=n).astype(np.float32)
+    for i, n in enumerate((9_000, 16_000))
+  ]
+
+  got = sources.CheckpointLayer(features)(waveforms)
+
+  def layer(model_state):
+    hidden = extract.extract(
+      model_config,
+      params,
+      waveforms,
+      [1],
+      batch_size=2,
+      pad_multiple=16_000,
+      model_state=model_state,
+    )
+    return [h[1] for h in hidden]
+
+  for g, want, default in zip(
+    got, layer({"batch_stats": stats}), layer({"batch_stats": init["batch_stats"]}), strict=True
+  ):
+    np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(g, default, atol=1e-3)

@@ -31,7 +31,8 @@ class Mfcc:
 
 class CheckpointLayer:
   """Hidden state `layer` of a wav2vec 2.0 or HuBERT checkpoint, via sslax.extract: an sslax
-  checkpoint dir, a training workdir (its latest checkpoint) or hf:DIR.
+  checkpoint dir, a training workdir (its latest checkpoint) or hf:DIR, with its model
+  state (a batch-norm conformer's running statistics).
 
   `sslax.extract.extract` compiles its forward pass per call (and per padded length), so
   the job calls it once per shard, not per batch.
@@ -40,7 +41,8 @@ class CheckpointLayer:
   def __init__(self, features: ml_collections.ConfigDict):
     if not features.checkpoint:
       raise ValueError("config.features.checkpoint is empty: give an sslax checkpoint or hf:DIR")
-    self._model_config, self._params = extract.load_model(features.checkpoint)
+    self._checkpoint = extract.load(features.checkpoint)
+    self._model_config = self._checkpoint.model_config
     num_layers = self._model_config.num_layers
     if not 0 <= features.layer <= num_layers:
       raise ValueError(
@@ -65,11 +67,12 @@ class CheckpointLayer:
       waveforms = [(w - w.mean()) / np.sqrt(w.var() + _NORMALIZE_EPS) for w in waveforms]
     hidden = extract.extract(
       self._model_config,
-      self._params,
+      self._checkpoint.params,
       waveforms,
       [self._features.layer],
       batch_size=self._features.batch_size,
       pad_multiple=self._features.pad_multiple,
+      model_state=self._checkpoint.model_state,
     )
     return [h[self._features.layer].astype(np.float32) for h in hidden]
 
