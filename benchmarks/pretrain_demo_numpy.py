@@ -34,7 +34,7 @@ import soundfile
 
 from sslax.data import masking
 from sslax.interop import checkpoint
-from sslax.train import sharding, wav2vec2_step
+from sslax.train import metrics, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -45,9 +45,6 @@ _CORPUS = flags.DEFINE_string(
 )
 _SPLIT = flags.DEFINE_string("split", "train", "Corpus split to pretrain on.")
 flags.mark_flags_as_required(["config", "out"])
-
-_PER_MASKED_FRAME = ("loss", "contrastive_loss", "diversity_loss", "prob_perplexity")
-_PER_STEP = ("learning_rate", "gumbel_temperature", "grad_norm")
 
 
 def load_split(corpus: str, split: str) -> list[np.ndarray]:
@@ -117,16 +114,6 @@ def save(out: str, config, state) -> None:
     os.rmdir(os.path.join(out, "params.old"))
 
 
-def _summarize(sums: dict[str, float], steps: int, seconds: float) -> dict[str, float]:
-  """Interval means as `sslax.train.metrics` reports them (that module needs TensorFlow)."""
-  frames = max(sums["masked_frames"], 1.0)
-  summary = {name: sums[name] / frames for name in _PER_MASKED_FRAME}
-  summary["accuracy"] = sums["correct"] / frames
-  summary.update({name: sums[name] / steps for name in _PER_STEP})
-  summary["audio_seconds_per_second"] = sums["audio_samples"] / 16_000 / seconds
-  return summary
-
-
 def _stack(step_metrics: list[dict]) -> dict:
   return jax.tree.map(lambda *values: jax.numpy.stack(values), *step_metrics)
 
@@ -154,11 +141,11 @@ def main(argv):
       pending.append(step_metrics)
       if step % config.log_every == 0 or step == config.total_steps:
         sums = {name: float(np.sum(v)) for name, v in jax.device_get(_stack(pending)).items()}
-        summary = _summarize(sums, len(pending), time.time() - interval_start)
+        summary = metrics.summarize(sums, len(pending), time.time() - interval_start)
         line = {"step": step, "wall_s": round(time.time() - start, 1), **summary}
         log.write(json.dumps(line) + "\n")
         log.flush()
-        print(json.dumps(line), flush=True)
+        print(metrics.progress_line(step, config.total_steps, summary), flush=True)
         if not np.isfinite(summary["loss"]):
           raise FloatingPointError(f"non-finite loss at step {step}")
         pending, interval_start = [], time.time()

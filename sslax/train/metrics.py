@@ -12,7 +12,6 @@ import time
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 # Sums divided by the number of masked frames when reported.
 _PER_MASKED_FRAME = (
@@ -100,6 +99,11 @@ class MetricsLogger:
     self._log_every = log_every
     self._is_primary = is_primary
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    # TensorFlow only for the TensorBoard writer: `summarize` and `progress_line` also
+    # serve accelerator machines without it (benchmarks/pretrain_demo_numpy.py).
+    import tensorflow as tf
+
+    self._tf = tf
     self._writer = tf.summary.create_file_writer(workdir) if is_primary else None
     self._sums: dict[str, float] = {}
     self._steps = 0
@@ -137,7 +141,7 @@ class MetricsLogger:
       return
     with self._writer.as_default(step=step):
       for name, value in summary.items():
-        tf.summary.scalar(f"train/{name}", value)
+        self._tf.summary.scalar(f"train/{name}", value)
     self._writer.flush()
     with open(self._jsonl_path, "a") as f:
       f.write(json.dumps({"step": step, "data_position": data_position, **summary}) + "\n")
