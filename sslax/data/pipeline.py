@@ -698,9 +698,13 @@ class PretrainingStream:
       )
     return np.minimum(lengths, rows.num_samples)
 
+  def _source(self, example: int) -> int:
+    """The number of the source (split) holding stream example `example`."""
+    return int(np.searchsorted(self._offsets, example, side="right")) - 1
+
   def _locate(self, example: int) -> tuple[Split, int]:
     """The split holding stream example `example`, and its index there."""
-    i = int(np.searchsorted(self._offsets, example, side="right")) - 1
+    i = self._source(example)
     return self._splits[i], example - int(self._offsets[i])
 
   def crop_start(self, position: int, length: int, num_samples: int) -> int:
@@ -758,7 +762,7 @@ class PretrainingStream:
     order: the other usable examples of its source whose row would hold at least `length`
     samples (its indexed row length, so the masks drawn from it stay inside the row).
     A generator: nothing is computed unless the row needs a substitute."""
-    i = int(np.searchsorted(self._offsets, example, side="right")) - 1
+    i = self._source(example)
     usable = self._usable[
       (self._usable >= self._offsets[i]) & (self._usable < self._offsets[i + 1])
     ]
