@@ -9,9 +9,9 @@
    TensorFlow. A rerun resumes the pretraining.
 2. For each labelled-minutes value and seed, fine-tunes configs/demo_ctc.py twice with the
    same model, data subset and budget: from the pretrained checkpoint, and from random
-   initialisation (fully trainable: no frozen phase, which only helps a pretrained
-   Transformer). Each run is `python -m sslax.main` in its own workdir, so reruns skip
-   finished runs and resume killed ones.
+   initialisation (fully trainable: the feature encoder trains too, and there is no frozen
+   phase, which only helps a pretrained Transformer). Each run is `python -m sslax.main`
+   in its own workdir, so reruns skip finished runs and resume killed ones.
 3. Scores every run on the test split (voices never heard in training) with the evaluate
    job and writes WORKDIR/results.json and a Markdown table, WORKDIR/results.md:
    CER and WER per run, mean per arm, and the relative CER reduction.
@@ -72,7 +72,10 @@ def finetune_and_score(run_dir: str, minutes: str, seed: str, init_from: str | N
   if init_from:
     overrides.append(f"--config.init_from={init_from}")
   else:
-    overrides.append("--config.optim.freeze_finetune_updates=0")
+    overrides += [
+      "--config.optim.freeze_finetune_updates=0",
+      "--config.model.feature_grad_mult=1.0",
+    ]
   seconds = sslax_main("configs/demo_ctc.py", run_dir, *overrides)
   sslax_main("configs/demo_ctc.py", run_dir, *overrides, "--config.job=evaluate")
   with open(os.path.join(run_dir, "eval_test.json")) as f:

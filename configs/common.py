@@ -288,7 +288,7 @@ def ctc_model(pretrained: ml_collections.ConfigDict, **overrides) -> ml_collecti
       activation_dropout=0.1,  # dropout after the feed-forward activation
       dropout_input=0.0,  # dropout on projected features before masking
       layerdrop=0.1,  # probability of skipping a Transformer layer in training
-      feature_grad_mult=0.0,  # the feature encoder is frozen (must be 0)
+      feature_grad_mult=0.0,  # 0: the feature encoder is frozen; > 0 it trains (from scratch)
     )
   )
   model.final_dropout = 0.0  # dropout before the CTC head (fairseq final_dropout)

@@ -13,8 +13,9 @@ channel masks 0.25, Transformer frozen for the first part of training, tri-stage
 shrunk in steps (600; 250 left both arms emitting only blanks) and scaled up in learning
 rate (a 10-minute subset of the train split's utterances up to 7 s). Without `init_from`
 it trains from scratch, the baseline of the low-resource comparison (set
-`--config.optim.freeze_finetune_updates=0` there: a random Transformer gains nothing from
-being frozen). A run took about 45 minutes on 2 CPU cores shared with other jobs (load
+`--config.optim.freeze_finetune_updates=0 --config.model.feature_grad_mult=1.0` there:
+a random Transformer gains nothing from being frozen, and a random feature encoder must
+train). A run took about 45 minutes on 2 CPU cores shared with other jobs (load
 5-10); results in benchmarks/RESULTS.md.
 
 `--config=configs/demo_ctc.py:tiny` uses configs/demo.py:tiny's architecture on short

@@ -88,6 +88,32 @@ def test_frontend_never_trains_and_the_transformer_waits(tiny):
     assert changed and all(changed), prefix
 
 
+def test_a_positive_feature_grad_mult_trains_the_frontend_after_the_freeze(tiny):
+  config, vocab, batch, mesh, _ = tiny
+  config = config.copy_and_resolve_references()
+  config.model.feature_grad_mult = 1.0
+  trainer = ctc_step.build_trainer(config, mesh, len(vocab))
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+  initial = flat(state.params)
+  state, _ = run_steps(trainer, mesh, batch, state, FREEZE)
+  frozen = flat(state.params)
+  state, _ = run_steps(trainer, mesh, batch, state, 1)
+  trained = flat(state.params)
+  frontend = [path for path in initial if path.startswith(ctc_step.FRONTEND + "/")]
+  assert frontend
+  for path in frontend:
+    np.testing.assert_array_equal(frozen[path], initial[path], err_msg=path)
+    assert not np.array_equal(trained[path], initial[path]), path
+
+
+def test_a_negative_feature_grad_mult_is_an_error(tiny):
+  config, vocab, _, _, _ = tiny
+  config = config.copy_and_resolve_references()
+  config.model.feature_grad_mult = -0.1
+  with pytest.raises(ValueError, match="feature_grad_mult=-0.1"):
+    ctc_step.build_model(config, len(vocab))
+
+
 def test_sharded_step_equals_single_device(tiny):
   config, vocab, batch, mesh, trainer = tiny
   # Batch shards over data and fsdp. (With tensor > 1 as well, the positional conv's

@@ -172,7 +172,7 @@ def _ctc_head_from_hf(c: dict) -> dict:
   return dict(
     final_dropout=float(c["final_dropout"]),
     vocab_size=c["vocab_size"],
-    # sslax fine-tuning keeps the feature encoder frozen (sslax/train/ctc_step.py).
+    # fairseq's fine-tuning setting: the feature encoder frozen (sslax/train/ctc_step.py).
     feature_grad_mult=0.0,
   )
 

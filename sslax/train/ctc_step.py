@@ -1,8 +1,10 @@
 """What one CTC fine-tuning update computes, and the fine-tuning job's stream and trainer.
 
-As fairseq's `wav2vec_ctc` fine-tuning: the feature encoder never trains (its parameters
-get no gradient, no update and no weight decay; `feature_grad_mult` must be 0); for the
-first `optim.freeze_finetune_updates` updates only `lm_head` trains (the rest runs forward
+As fairseq's `wav2vec_ctc` fine-tuning: with `model.feature_grad_mult` 0 (fairseq's
+setting) the feature encoder never trains (its parameters get no gradient, no update and
+no weight decay); a positive value trains it with the Transformer, its gradient scaled by
+that value, as a model trained from scratch needs. For the first
+`optim.freeze_finetune_updates` updates only `lm_head` trains (the rest runs forward
 with dropout, layerdrop and masks but gets no gradient, so its backward pass is skipped);
 time masks, channel masks and layerdrop apply in training; the summed CTC loss's gradient
 is divided by the number of utterances (`sentence_avg`), over all microbatches when
@@ -27,17 +29,17 @@ from sslax.train import accumulation, nonfinite, optim, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
 VOCAB_FILE = "vocab.json"
-# Top-level parameter names: the frozen feature encoder and the head trained from step 0.
+# Top-level parameter names: the feature encoder and the head trained from step 0.
 FRONTEND, HEAD = "frontend", "lm_head"
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2Vec2ForCTC:
   """The CTC model with the config's compute dtype (parameters stay float32)."""
-  if config.model.feature_grad_mult != 0:
+  if config.model.feature_grad_mult < 0:
     raise ValueError(
-      f"config.model.feature_grad_mult={config.model.feature_grad_mult}: fine-tuning keeps "
-      "the feature encoder frozen; set it to 0"
+      f"config.model.feature_grad_mult={config.model.feature_grad_mult}: must be 0 (a frozen "
+      "feature encoder, as fairseq fine-tunes) or positive (it trains, gradient scaled by it)"
     )
   return ctc.Wav2Vec2ForCTC(
     **config.model.to_dict(), vocab_size=vocab_size, dtype=jnp.dtype(config.compute_dtype)
@@ -63,10 +65,15 @@ def init_params_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
   return init
 
 
-def param_group(name: str) -> str:
-  """The optimizer group of a top-level parameter: frontend FROZEN, lm_head TRAINED, the
-  rest (the Transformer side) DELAYED."""
-  if name == FRONTEND:
+def frontend_trains(config: ml_collections.ConfigDict) -> bool:
+  """Whether the feature encoder trains (after the freeze, with the Transformer)."""
+  return config.model.feature_grad_mult > 0
+
+
+def param_group(name: str, train_frontend: bool) -> str:
+  """The optimizer group of a top-level parameter: lm_head TRAINED, the Transformer side
+  DELAYED, the frontend DELAYED if `train_frontend` else FROZEN."""
+  if name == FRONTEND and not train_frontend:
     return optim.FROZEN
   return optim.TRAINED if name == HEAD else optim.DELAYED
 
@@ -112,13 +119,14 @@ def make_train_step(
 
   def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    all_but_frontend = grads_of(tuple(sorted(set(state.params) - {FRONTEND})))
+    frozen = set() if frontend_trains(config) else {FRONTEND}
+    after_freeze = grads_of(tuple(sorted(set(state.params) - frozen)))
     if freeze > 0:
       grads, sums = jax.lax.cond(
-        state.step >= freeze, all_but_frontend, grads_of((HEAD,)), state.params, batch, rng
+        state.step >= freeze, after_freeze, grads_of((HEAD,)), state.params, batch, rng
       )
     else:
-      grads, sums = all_but_frontend(state.params, batch, rng)
+      grads, sums = after_freeze(state.params, batch, rng)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -138,7 +146,8 @@ def build_trainer(
 ) -> wav2vec2_step.Trainer:
   """Model, optimizer, state shardings and the jitted step (the pretraining Trainer's shape)."""
   model = build_model(config, vocab_size)
-  tx, schedule = optim.make_finetuning_optimizer(config.optim, config.total_steps, param_group)
+  group_of = functools.partial(param_group, train_frontend=frontend_trains(config))
+  tx, schedule = optim.make_finetuning_optimizer(config.optim, config.total_steps, group_of)
   init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
     init_params_fn(model), tx, mesh
   )
