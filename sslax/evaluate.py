@@ -6,17 +6,21 @@ restores the latest checkpoint of the fine-tuning run in DIR (and its `vocab.jso
 transcribes every utterance of `config.eval.split` and writes `DIR/eval_<split>.json`:
 WER and CER (jiwer, over the whole split: total edits / total reference words or
 characters, spaces counted as characters), their edit counts, the text normalisation, and
-each utterance's id, reference and hypothesis.
+each utterance's id, reference and hypothesis. Utterances whose audio could not be read
+(`config.data.bad_audio='skip'`) stay in the scores as empty hypotheses (all deletions):
+`unread_audio` counts them by kind of fault and their entries carry `unread`.
 
 From a script: `evaluate(config, workdir)` does all that; `evaluate_params(config, params,
 vocab, split, mesh)` scores any parameters, `score(references, hypotheses)` any texts.
 """
 
+import collections
 import json
 import os
 import re
 from typing import Any
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -25,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslax.data import labelled, text
+from sslax.data import labelled, pipeline, text
 from sslax.models import ctc
 from sslax.train import checkpoints, ctc_step, sharding
 from sslax.train import state as state_lib
@@ -89,6 +93,17 @@ def transcribe(
   return hypotheses
 
 
+def unread_utterances(eval_set: labelled.EvalSet) -> dict[int, str]:
+  """{example index: kind of fault} of the audio no process could read (on every process)."""
+  kinds = pipeline.BAD_AUDIO_KINDS
+  codes = np.full(len(eval_set.ids), -1, np.int32)
+  for index, kind in eval_set.unread.items():
+    codes[index] = kinds.index(kind)
+  if jax.process_count() > 1:
+    codes = np.max(multihost_utils.process_allgather(codes), axis=0)
+  return {int(i): kinds[codes[i]] for i in np.flatnonzero(codes >= 0)}
+
+
 def evaluate_params(
   config: ml_collections.ConfigDict,
   params: Any,
@@ -120,15 +135,27 @@ def evaluate_params(
   )
   hypotheses = transcribe(model, params, shardings.params, eval_set, vocab, mesh)
   references = list(eval_set.references)
+  unread = unread_utterances(eval_set)
+  utterances = [
+    {"id": i, "reference": r, "hypothesis": h}
+    for i, r, h in zip(eval_set.ids, references, hypotheses, strict=True)
+  ]
+  for index, kind in unread.items():
+    utterances[index]["unread"] = kind
+  if unread:
+    logging.warning(
+      "%s:%s: %d utterances with unreadable audio scored as empty hypotheses (all deletions)",
+      config.data.name,
+      split,
+      len(unread),
+    )
   return {
     "dataset": f"{config.data.name}:{split}",
     **score(references, hypotheses),
+    "unread_audio": dict(collections.Counter(unread.values())),
     "normalization": text.NORMALIZATION,
     "decoding": DECODING,
-    "utterances": [
-      {"id": i, "reference": r, "hypothesis": h}
-      for i, r, h in zip(eval_set.ids, references, hypotheses, strict=True)
-    ],
+    "utterances": utterances,
   }
 
 

@@ -1,10 +1,12 @@
 """Bad audio at read time: each kind is counted, logged by name and skipped (or stops the
 stream with 'error'), and skipping keeps batches a pure function of (seed, batch number)."""
 
+import collections
 import io
 import itertools
 import logging
 
+import jax
 import librosa
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ import soundfile
 import tensorflow_datasets as tfds
 
 from configs import common, demo_ctc
+from sslax import evaluate
 from sslax.data import labelled, pipeline, text
 from sslax.models import frontends
+from sslax.train import ctc_step, sharding
 
 CONV = common.WAV2VEC2_CONV_LAYERS
 NAME = "bad_audio_corpus"
@@ -266,6 +270,31 @@ def test_fine_tuning_and_evaluation_skip_bad_audio_too(corpus):
   config.data.bad_audio = "error"
   with pytest.raises(pipeline.BadAudioError, match="id 'bad/corrupt'"):
     labelled.EvalSet(config.data, "train", 8, process_index=0, process_count=1)
+
+
+def test_evaluation_scores_unread_utterances_as_deletions_and_names_them(corpus):
+  data_dir, _ = corpus
+  config = demo_ctc.get_config("tiny")
+  config.unlock()
+  config.data.update(dict(name=NAME, data_dir=data_dir))
+  config.eval.batch_size = 4
+  _, transcripts = labelled.split_transcripts(NAME, "train", data_dir, "text", "id")
+  vocab = text.Vocabulary.build(transcripts)
+  model = ctc_step.build_model(config, len(vocab))
+  params = ctc_step.init_params_fn(model)(jax.random.key(0))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  results = evaluate.evaluate_params(config, params, vocab, "train", mesh)
+  unreadable = {key: kind for key, kind in INDEXED.items() if kind != "too_short"}
+  unreadable[TRUNCATED_FLAC] = "unreadable"
+  assert results["unread_audio"] == dict(collections.Counter(unreadable.values()))
+  entries = {u["id"]: u for u in results["utterances"]}
+  assert len(entries) == len(GOOD) + len(INDEXED) + 1  # nothing dropped
+  assert {key: u["unread"] for key, u in entries.items() if "unread" in u} == unreadable
+  for key in unreadable:
+    assert entries[key]["hypothesis"] == ""
+  assert results["characters"]["deletions"] >= sum(
+    len(entries[key]["reference"]) for key in unreadable
+  )
 
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG"])
