@@ -12,6 +12,12 @@
    initialisation (fully trainable: the feature encoder trains too, and there is no frozen
    phase, which only helps a pretrained Transformer). Each run is `python -m sslax.main`
    in its own workdir, so reruns skip finished runs and resume killed ones.
+   Both arms keep only the first `--keep_layers` Transformer layers (the pretrained arm's
+   upper layers are dropped): the top layers of a contrastively pretrained model
+   specialise in the pretext task (Pasad et al., 2021, "Layer-wise analysis of a
+   self-supervised speech representation model"), and on the demo model the whole 4-layer
+   stack fine-tuned worse than scratch while layer 2's features probed best
+   (benchmarks/RESULTS.md). Each arm has its learning rate, chosen on the dev split.
 3. Scores every run on the test split (voices never heard in training) with the evaluate
    job and writes WORKDIR/results.json and a Markdown table, WORKDIR/results.md:
    CER and WER per run, mean per arm, and the relative CER reduction.
@@ -34,6 +40,11 @@ _PRETRAIN_WORKDIR = flags.DEFINE_string(
 _PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 3000, "Pretraining updates.")
 _MINUTES = flags.DEFINE_list("labelled_minutes", ["10"], "Labelled minutes per experiment.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Fine-tuning seeds per arm.")
+_KEEP_LAYERS = flags.DEFINE_integer(
+  "keep_layers", 2, "Transformer layers both arms keep (0: all the pretrained model has)."
+)
+_PRETRAINED_LR = flags.DEFINE_float("pretrained_lr", 5e-4, "Peak learning rate, pretrained arm.")
+_SCRATCH_LR = flags.DEFINE_float("scratch_lr", 1e-3, "Peak learning rate, scratch arm.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir ('' for the default).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -69,9 +80,15 @@ def pretrain(workdir: str) -> str:
 
 def finetune_and_score(run_dir: str, minutes: str, seed: str, init_from: str | None) -> dict:
   overrides = [f"--config.seed={seed}", f"--config.data.labelled_minutes={minutes}"]
+  if _KEEP_LAYERS.value:
+    overrides.append(f"--config.model.num_layers={_KEEP_LAYERS.value}")
   if init_from:
-    overrides.append(f"--config.init_from={init_from}")
+    overrides += [
+      f"--config.init_from={init_from}",
+      f"--config.optim.learning_rate={_PRETRAINED_LR.value}",
+    ]
   else:
+    overrides.append(f"--config.optim.learning_rate={_SCRATCH_LR.value}")
     overrides += [
       "--config.optim.freeze_finetune_updates=0",
       "--config.model.feature_grad_mult=1.0",

@@ -1,5 +1,6 @@
 """Starting pretraining from an sslax or Hugging Face checkpoint (`config.init_from`)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,13 +16,15 @@ from sslax.train import checkpoints, init_from
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_merge_loads_what_exists_and_lists_the_rest():
+def test_merge_loads_what_exists_and_lists_the_rest(caplog):
+  caplog.set_level(logging.INFO)
   fresh = {"a": {"kernel": np.zeros((2, 3))}, "head": {"kernel": np.zeros((3,))}}
   loaded = {"a/kernel": np.ones((2, 3)), "unused/bias": np.ones(4)}
   params, newly = init_from.merge(fresh, loaded, "SRC")
   np.testing.assert_array_equal(params["a"]["kernel"], np.ones((2, 3)))
   np.testing.assert_array_equal(params["head"]["kernel"], np.zeros(3))
   assert newly == ["head/kernel"]
+  assert "left out: ['unused/bias']" in caplog.text
 
 
 def test_merge_rejects_a_shape_mismatch_naming_the_parameter():

@@ -4,7 +4,9 @@
 checkpoint, imported on the fly), an sslax checkpoint directory (`sslax.interop`
 layout: config.json + params.safetensors) or a training workdir (its latest checkpoint's
 parameters, e.g. a pretraining run's for fine-tuning). Parameters that exist in the source with the
-same path and shape are loaded; the others keep their fresh initialisation and are listed.
+same path and shape are loaded; the others keep their fresh initialisation and are listed,
+as are the source's parameters the model has no place for (a pretraining head, or the
+upper Transformer layers when the config keeps fewer, `model.num_layers`).
 A parameter with the same path but another shape means the configs disagree: an error that
 names it.
 """
@@ -12,6 +14,7 @@ names it.
 import os
 from typing import Any
 
+from absl import logging
 import flax.traverse_util
 import jax
 import numpy as np
@@ -59,6 +62,9 @@ def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tupl
     used += 1
   if not used:
     raise ValueError(f"config.init_from={source} shares no parameter with this model")
+  unused = sorted(set(loaded) - set(flat))
+  if unused:  # e.g. a pretraining head, or the upper layers a shallower model drops
+    logging.info("config.init_from=%s: not in this model, left out: %s", source, unused)
   return flax.traverse_util.unflatten_dict(flat, sep="/"), newly_initialised
 
 
