@@ -13,10 +13,9 @@ iterations' cluster-quality numbers comparable (PNMI grows with K).
 
 Model: configs/demo.py's shrunk Base (128-channel conv extractor, 4 x 256 Transformer,
 final_dim 128) with HuBERT's head; objective, masking (p=0.8) and clipping as fairseq's
-hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 400 steps with
-40 of warmup: about 15 minutes on 2 idle CPU cores. Result (benchmarks/RESULTS.md): masked
-accuracy 0.23; the iteration-2 units (layer 2) reach PNMI 0.40 on dev, below MFCC's 0.48:
-400 steps were too few here for iteration 2 to beat MFCC.
+hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 1,500 steps
+with 120 of warmup: about 55 minutes on 2 idle CPU cores (400 steps were too few for the
+iteration-2 units to beat MFCC's). Results: benchmarks/RESULTS.md.
 
 Append `,tiny` (e.g. `:iter1,tiny`) for a 2-layer width-32 model on 1 s crops of the dev
 split with K=8, the units of configs/kmeans_mfcc.py:tiny (iter1) or
@@ -52,10 +51,10 @@ def get_config(arg=None):
   )
   c.optim.update(learning_rate=w2v.optim.learning_rate, warmup_steps=w2v.optim.warmup_steps)
   if not tiny:
-    # ~15 minutes on 2 idle CPU cores (2.1 s per step): 4.4 h of audio, 6.6 epochs.
-    c.total_steps = 400
-    c.checkpoint_every = 200
-    c.optim.warmup_steps = 40
+    # ~55 minutes on 2 idle CPU cores (2.2 s per step): 16.7 h of audio, 25 epochs.
+    c.total_steps = 1500
+    c.checkpoint_every = 250
+    c.optim.warmup_steps = 120
   backbone = {k: v for k, v in w2v.model.items() if k in common.hubert_model()}
   c.model = common.hubert_model(**backbone, num_classes=(num_classes,))
   c.units.dir = units_dir
