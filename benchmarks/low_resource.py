@@ -88,8 +88,8 @@ def finetune_and_score(run_dir: str, minutes: str, seed: str, init_from: str | N
       f"--config.optim.learning_rate={_PRETRAINED_LR.value}",
     ]
   else:
-    overrides.append(f"--config.optim.learning_rate={_SCRATCH_LR.value}")
     overrides += [
+      f"--config.optim.learning_rate={_SCRATCH_LR.value}",
       "--config.optim.freeze_finetune_updates=0",
       "--config.model.feature_grad_mult=1.0",
     ]
