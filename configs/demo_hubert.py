@@ -7,15 +7,16 @@ Commands (the README's HuBERT section; results in benchmarks/RESULTS.md):
   python -m sslax.main --config=configs/demo_hubert.py:iter2 --workdir=/tmp/sslax-hubert-it2
 
 iter1: K=100 k-means units of MFCC at 100 Hz (configs/kmeans_mfcc.py); iter2: K=100 units
-of layer 2 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo). The paper's
+of layer 0 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo, which says why). The paper's
 iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also keeps the two
 iterations' cluster-quality numbers comparable (PNMI grows with K).
 
 Model: configs/demo.py's shrunk Base (128-channel conv extractor, 4 x 256 Transformer,
 final_dim 128) with HuBERT's head; objective, masking (p=0.8) and clipping as fairseq's
-hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 1,500 steps
-with 120 of warmup: about 55 minutes on 2 idle CPU cores (400 steps were too few for the
-iteration-2 units to beat MFCC's). Results: benchmarks/RESULTS.md.
+hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 3,500 steps
+with 280 (8 %, fairseq's share) of warmup: about 65 minutes on 2 idle CPU cores. Shorter
+runs leave the iteration-2 units below MFCC's PNMI on some split (400 and 1,500 steps
+were tried). Results: benchmarks/RESULTS.md.
 
 Append `,tiny` (e.g. `:iter1,tiny`) for a 2-layer width-32 model on 1 s crops of the dev
 split with K=8, the units of configs/kmeans_mfcc.py:tiny (iter1) or
@@ -51,10 +52,10 @@ def get_config(arg=None):
   )
   c.optim.update(learning_rate=w2v.optim.learning_rate, warmup_steps=w2v.optim.warmup_steps)
   if not tiny:
-    # ~55 minutes on 2 idle CPU cores (2.2 s per step): 16.7 h of audio, 25 epochs.
-    c.total_steps = 1500
-    c.checkpoint_every = 250
-    c.optim.warmup_steps = 120
+    # ~65 minutes on 2 idle CPU cores (1.1 s per step): 38.9 h of audio, 58 epochs.
+    c.total_steps = 3500
+    c.checkpoint_every = 500
+    c.optim.warmup_steps = 280
   backbone = {k: v for k, v in w2v.model.items() if k in common.hubert_model()}
   c.model = common.hubert_model(**backbone, num_classes=(num_classes,))
   c.units.dir = units_dir
