@@ -275,6 +275,36 @@ def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data
   assert results["cer"] == pytest.approx(jiwer.cer(references, hypotheses))
   assert results["words"]["reference"] == sum(len(r.split()) for r in references)
 
+  # A new run from this fine-tuned one, with a vocabulary of another order, one character
+  # fewer and one unknown to the source: lm_head's columns follow the tokens.
+  source_vocab = text.Vocabulary.load(os.path.join(workdir, "vocab.json"))
+  fixed = len(text.SPECIALS) + 1  # the special tokens and '|'
+  refit_vocab = text.Vocabulary(
+    (*source_vocab.tokens[:fixed], *reversed(source_vocab.tokens[fixed + 1 :]), "é")
+  )
+  refit = str(tmp_path / "refit")
+  os.makedirs(refit)
+  refit_vocab.save(os.path.join(refit, "vocab.json"))
+  result = run_main(
+    refit,
+    demo_data_dir,
+    f"--config.init_from={workdir}",
+    "--config.total_steps=4",
+    "--config.optim.learning_rate=1e-6",  # Adam moves each value at most ~4e-6
+    env=env,
+  )
+  dropped = source_vocab.tokens[fixed]
+  assert f"{len(refit_vocab) - 1} of {len(refit_vocab)} from the source" in result.stderr
+  assert f"fresh for ['é'], the source's [{dropped!r}] dropped" in result.stderr
+  source_head = flat(checkpoints.load_params(workdir, 8))
+  refit_head = flat(checkpoints.load_params(refit, 4))
+  for i, token in enumerate(refit_vocab.tokens[:-1]):
+    j = source_vocab.index[token]
+    for path in ("lm_head/kernel", "lm_head/bias"):
+      np.testing.assert_allclose(
+        refit_head[path][..., i], source_head[path][..., j], atol=1e-4, err_msg=token
+      )
+
 
 def test_evaluate_names_what_is_missing(tmp_path):
   config = demo_ctc.get_config("tiny")

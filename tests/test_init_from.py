@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
+from sslax.data import text
 from sslax.interop import checkpoint, hf
 from sslax.train import checkpoints, init_from
 
@@ -32,6 +33,36 @@ def test_merge_rejects_a_shape_mismatch_naming_the_parameter():
     init_from.merge({"a": {"kernel": np.zeros((2, 3))}}, {"a/kernel": np.ones((3, 3))}, "SRC")
   with pytest.raises(ValueError, match="shares no parameter"):
     init_from.merge({"a": {"kernel": np.zeros(2)}}, {"b": np.ones(2)}, "SRC")
+
+
+def test_align_ctc_head_moves_columns_to_the_runs_tokens(caplog):
+  caplog.set_level(logging.INFO)
+  fixed = (*text.SPECIALS, text.WORD_DELIMITER)
+  source_vocab = text.Vocabulary((*fixed, "A", "B", "C"))
+  run_vocab = text.Vocabulary((*fixed, "C", "A", "D", "E"))
+  width = 3
+  kernel = np.arange(width * len(source_vocab), dtype=np.float32).reshape(width, -1)
+  params = {"lm_head/kernel": kernel, "lm_head/bias": kernel[0] + 0.5, "enc/w": np.ones(2)}
+  source = init_from.Source(params, [], source_vocab)
+  fresh = {
+    "lm_head/kernel": np.full((width, len(run_vocab)), -1.0),
+    "lm_head/bias": np.full(len(run_vocab), -1.0),
+    "enc/w": np.zeros(2),
+  }
+  aligned = init_from.align_ctc_head(source, run_vocab, fresh, "SRC")
+  # Run column <- source column, by token; D and E keep their fresh values.
+  n = len(fixed)
+  origin = [*range(n), n + 2, n, None, None]
+  for path in ("lm_head/kernel", "lm_head/bias"):
+    assert aligned[path].shape == fresh[path].shape
+    for i, j in enumerate(origin):
+      expected = fresh[path][..., i] if j is None else params[path][..., j]
+      np.testing.assert_array_equal(aligned[path][..., i], expected, err_msg=f"{path} {i}")
+  assert aligned["enc/w"] is params["enc/w"]
+  assert "fresh for ['D', 'E'], the source's ['B'] dropped" in caplog.text
+  # The same vocabulary, or a run without one (pretraining): the source as it is.
+  assert init_from.align_ctc_head(source, source_vocab, fresh, "SRC") is params
+  assert init_from.align_ctc_head(source, None, fresh, "SRC") is params
 
 
 def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
@@ -76,7 +107,8 @@ def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
     check=True,
     capture_output=True,
   )
-  exported, _ = init_from.load_source(f"hf:{hf_dir}")
+  exported, _, vocab = init_from.load_source(f"hf:{hf_dir}")
+  assert vocab is None  # not a CTC model
   for path, value in flat_source.items():
     np.testing.assert_array_equal(exported[path], value, err_msg=path)
 
@@ -85,7 +117,7 @@ def test_load_source_reads_a_hugging_face_checkpoint(tmp_path):
   model_config = demo.get_config("tiny").model
   params = checkpoint.init_params(model_config, seed=7)
   hf.export_hf(str(tmp_path), model_config, params)
-  loaded, fresh = init_from.load_source(f"hf:{tmp_path}")
+  loaded, fresh, _ = init_from.load_source(f"hf:{tmp_path}")
   assert fresh == []
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   assert loaded.keys() == flat.keys()

@@ -12,6 +12,7 @@ is divided by the number of utterances (`sentence_avg`), over all microbatches w
 """
 
 from collections.abc import Callable
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -195,4 +196,4 @@ def finetuning_setup(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  return stream, build_trainer(config, mesh, len(vocab))
+  return stream, dataclasses.replace(build_trainer(config, mesh, len(vocab)), vocab=vocab)

@@ -9,35 +9,94 @@ as are the source's parameters the model has no place for (a pretraining head, o
 upper Transformer layers when the config keeps fewer, `model.num_layers`).
 A parameter with the same path but another shape means the configs disagree: an error that
 names it.
+
+A CTC source (a fine-tuning workdir, an sslax CTC checkpoint, or `hf:` a
+`Wav2Vec2ForCTC`) brings its vocabulary. When a fine-tuning run's vocabulary differs from it
+(other characters, or the same in another order), the head's columns follow the tokens: each
+token the source knows gets the source's column, the others keep their fresh
+initialisation, and the log names both kinds. Without this a same-sized vocabulary in
+another order would load silently, every character's output wired to another's.
 """
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 import flax.traverse_util
 import jax
 import numpy as np
 
+from sslax.data import text
 from sslax.interop import checkpoint, hf
 from sslax.train import checkpoints
 
 HF_PREFIX = "hf:"
+CTC_HEAD = ("lm_head/kernel", "lm_head/bias")  # f32[D, V], f32[V]: one column per token
 
 
-def load_source(spec: str) -> tuple[dict[str, np.ndarray], list[str]]:
-  """Reads `spec`: (flat '/'-joined parameter dict, paths the source itself lacks)."""
+class Source(NamedTuple):
+  """What `config.init_from` names, read on the host."""
+
+  params: dict[str, np.ndarray]  # flat '/'-joined paths
+  fresh: list[str]  # paths the source itself lacks (initialised by the import, not loaded)
+  vocab: text.Vocabulary | None  # a CTC source's vocabulary; None for other models
+
+
+def load_source(spec: str) -> Source:
+  """Reads `spec` (module docstring); the paths the source lacks are left out of params."""
   if spec.startswith(HF_PREFIX):
-    _, params, fresh = hf.import_hf(spec[len(HF_PREFIX) :])
+    loaded, fresh = hf.read_hf(spec[len(HF_PREFIX) :])
+    params, vocab = loaded.params, loaded.vocab
   elif os.path.isdir(os.path.join(spec, "checkpoints")):
     params, fresh = checkpoints.load_params(spec), []
+    vocab_file = os.path.join(spec, checkpoint.VOCAB_FILE)  # a fine-tuning workdir's
+    vocab = text.Vocabulary.load(vocab_file) if os.path.exists(vocab_file) else None
   else:
-    _, params = checkpoint.load_sslax_checkpoint(spec)
-    fresh = []
+    loaded, fresh = checkpoint.read_sslax_checkpoint(spec), []
+    params, vocab = loaded.params, loaded.vocab
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   for path in fresh:
     del flat[path]
-  return flat, fresh
+  return Source(flat, fresh, vocab)
+
+
+def align_ctc_head(
+  source: Source, vocab: text.Vocabulary | None, fresh_flat: dict[str, np.ndarray], spec: str
+) -> dict[str, np.ndarray]:
+  """`source.params` with the CTC head's columns moved to the run's `vocab` (module doc).
+
+  Args:
+    source: the loaded source; nothing changes unless both it and the run have a
+      vocabulary and the two differ.
+    vocab: the run's vocabulary (a fine-tuning run), else None.
+    fresh_flat: the run's freshly initialised parameters, flat: the columns of tokens the
+      source does not know.
+    spec: `config.init_from`, for the log.
+  """
+  if vocab is None or source.vocab is None or vocab == source.vocab:
+    return source.params
+  # Never empty: every vocabulary starts with the same special tokens.
+  run_index = [i for i, token in enumerate(vocab.tokens) if token in source.vocab.index]
+  source_index = [source.vocab.index[vocab.tokens[i]] for i in run_index]
+  params = dict(source.params)
+  for path in CTC_HEAD:
+    loaded, fresh = source.params.get(path), fresh_flat.get(path)
+    if loaded is None or fresh is None or loaded.shape[:-1] != fresh.shape[:-1]:
+      continue  # absent, or a shape `merge` reports
+    aligned = np.array(fresh, dtype=loaded.dtype)
+    aligned[..., run_index] = loaded[..., source_index]
+    params[path] = aligned
+  logging.info(
+    "config.init_from=%s: its vocabulary differs from this run's; %s columns follow the "
+    "tokens: %d of %d from the source, fresh for %s, the source's %s dropped",
+    spec,
+    CTC_HEAD[0].split("/")[0],
+    len(run_index),
+    len(vocab),
+    [t for t in vocab.tokens if t not in source.vocab.index],
+    [t for t in source.vocab.tokens if t not in vocab.index],
+  )
+  return params
 
 
 def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tuple[Any, list[str]]:
@@ -68,8 +127,15 @@ def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tupl
   return flax.traverse_util.unflatten_dict(flat, sep="/"), newly_initialised
 
 
-def initial_params(fresh_params: Any, params_shardings: Any, spec: str) -> tuple[Any, list[str]]:
-  """`fresh_params` (sharded) with everything `spec` provides loaded; see the module doc."""
-  loaded, _ = load_source(spec)
-  merged, newly_initialised = merge(jax.device_get(fresh_params), loaded, spec)
+def initial_params(
+  fresh_params: Any, params_shardings: Any, spec: str, vocab: text.Vocabulary | None = None
+) -> tuple[Any, list[str]]:
+  """`fresh_params` (sharded) with everything `spec` provides loaded; see the module doc.
+
+  `vocab`: a fine-tuning run's vocabulary, which a CTC source's head is aligned to.
+  """
+  source = load_source(spec)
+  fresh_host = jax.device_get(fresh_params)
+  flat = flax.traverse_util.flatten_dict(fresh_host, sep="/")
+  merged, newly_initialised = merge(fresh_host, align_ctc_head(source, vocab, flat, spec), spec)
   return jax.device_put(merged, params_shardings), newly_initialised

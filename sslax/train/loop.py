@@ -89,7 +89,7 @@ def train(
     data_state, consecutive_skips = {"position": 0}, 0
     if config.init_from:
       params, newly_initialised = init_from.initial_params(
-        state.params, trainer.state_shardings.params, config.init_from
+        state.params, trainer.state_shardings.params, config.init_from, trainer.vocab
       )
       state = state.replace(params=params)
       logging.info(

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sslax.data import text
 from sslax.models import backbone, wav2vec2
 from sslax.objectives import wav2vec2 as objective
 from sslax.train import accumulation, bestrq_step, hubert_step, nonfinite, optim, sharding
@@ -208,6 +209,8 @@ class Trainer:
   step: jitted `(state, global batch, rng) -> (state, metrics)`, state donated; call it
     inside `sharding.activate(mesh)`. With `config.nonfinite = 'skip'` it keeps the state
     of a step with a non-finite loss or gradient (`sslax.train.nonfinite.guard`).
+  vocab: a CTC model's vocabulary (fine-tuning; `config.init_from` aligns a CTC source's
+    head to it), else None.
   """
 
   model: backbone.Backbone
@@ -216,6 +219,7 @@ class Trainer:
   abstract_state: state_lib.TrainState
   state_shardings: Any
   step: Any
+  vocab: text.Vocabulary | None = None
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
