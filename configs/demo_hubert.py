@@ -7,9 +7,9 @@ Commands (the README's HuBERT section; results in benchmarks/RESULTS.md):
   python -m sslax.main --config=configs/demo_hubert.py:iter2 --workdir=/tmp/sslax-hubert-it2
 
 iter1: K=100 k-means units of MFCC at 100 Hz (configs/kmeans_mfcc.py); iter2: K=100 units
-of layer 0 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo, which says why). The paper's
-iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also keeps the two
-iterations' cluster-quality numbers comparable (PNMI grows with K).
+of layer 0 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo, which says why).
+The paper's iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also
+keeps the two iterations' cluster-quality numbers comparable (PNMI grows with K).
 
 Model: configs/demo.py's shrunk Base (128-channel conv extractor, 4 x 256 Transformer,
 final_dim 128) with HuBERT's head; objective, masking (p=0.8) and clipping as fairseq's

@@ -317,6 +317,12 @@ def load_sslax_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   return loaded.model_config, loaded.params
 
 
+def workdir_vocab(workdir: str) -> text.Vocabulary | None:
+  """A fine-tuning workdir's vocabulary (`workdir/vocab.json`); None for other workdirs."""
+  path = os.path.join(workdir, VOCAB_FILE)
+  return text.Vocabulary.load(path) if os.path.exists(path) else None
+
+
 def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   """A training workdir's checkpoint `step` (default the latest) as numpy arrays.
 
@@ -330,10 +336,8 @@ def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   """
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     fields = json.load(f)["model"]
-  vocab_file = os.path.join(workdir, VOCAB_FILE)
-  vocab = None
-  if os.path.exists(vocab_file):
-    vocab = text.Vocabulary.load(vocab_file)
+  vocab = workdir_vocab(workdir)
+  if vocab is not None:
     fields = dict(fields, vocab_size=len(vocab))
   model_config = model_config_from_json(fields)
   step = checkpoints.latest_complete_step(workdir) if step is None else step

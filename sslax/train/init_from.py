@@ -48,9 +48,7 @@ def load_source(spec: str) -> Source:
     loaded, fresh = hf.read_hf(spec[len(HF_PREFIX) :])
     params, vocab = loaded.params, loaded.vocab
   elif os.path.isdir(os.path.join(spec, "checkpoints")):
-    params, fresh = checkpoints.load_params(spec), []
-    vocab_file = os.path.join(spec, checkpoint.VOCAB_FILE)  # a fine-tuning workdir's
-    vocab = text.Vocabulary.load(vocab_file) if os.path.exists(vocab_file) else None
+    params, fresh, vocab = checkpoints.load_params(spec), [], checkpoint.workdir_vocab(spec)
   else:
     loaded, fresh = checkpoint.read_sslax_checkpoint(spec), []
     params, vocab = loaded.params, loaded.vocab
@@ -87,10 +85,9 @@ def align_ctc_head(
     aligned[..., run_index] = loaded[..., source_index]
     params[path] = aligned
   logging.info(
-    "config.init_from=%s: its vocabulary differs from this run's; %s columns follow the "
-    "tokens: %d of %d from the source, fresh for %s, the source's %s dropped",
+    "config.init_from=%s: its vocabulary differs from this run's; lm_head columns follow "
+    "the tokens: %d of %d from the source, fresh for %s, the source's %s dropped",
     spec,
-    CTC_HEAD[0].split("/")[0],
     len(run_index),
     len(vocab),
     [t for t in vocab.tokens if t not in source.vocab.index],
