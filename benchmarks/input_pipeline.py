@@ -1,20 +1,20 @@
 """Input-stream benchmark on the demo corpus: seconds of audio delivered per second per CPU
-core (decode + crop + mask + bucket + batch), with and without augmentation, and the
+core (read + decode + crop + mask + bucket + batch), with and without augmentation, and the
 padding waste of length buckets.
 
   python benchmarks/input_pipeline.py --data_dir=/tmp/tfds --batches=60
 
-Each setting runs `PretrainingStream.batches` (tf.data, the training path) for `--batches`
-global batches after one warm-up batch, on the demo train split stored two ways: as TFDS
-stores it (int16 samples in ArrayRecord) and as FLAC bytes (a `lazy_decode` copy the
-benchmark writes once into `--data_dir`, decoded with soundfile like
-`librispeech/lazy_decode`). Three throughputs, in seconds of audio per second:
+Each setting runs `PretrainingStream.batches` (the executor training reads through) for
+`--batches` global batches after one warm-up batch, on the demo train split stored two ways:
+as TFDS stores it (int16 samples in ArrayRecord, an int64 varint list per example) and as
+FLAC bytes (a `lazy_decode` copy the benchmark writes once into `--data_dir`, decoded with
+soundfile like `librispeech/lazy_decode`). Three throughputs, in seconds of audio per second:
 * per core (CPU time): audio delivered / CPU seconds the process spent (all its threads,
   `time.process_time`). It counts work, not waiting, so it holds on a loaded machine; it
-  is conservative by the few batches tf.data prepares ahead of the last one counted.
+  is conservative by the few batches the executor prepares ahead of the last one counted.
 * one pinned core: `host_batch` called in a loop on one thread pinned to one core
   (`os.sched_setaffinity`), wall clock; equals the CPU-time number on an idle machine.
-* whole process: audio / wall seconds with tf.data's default parallelism.
+* whole process: audio / wall seconds with `config.data.read_threads` readers.
 The load average is printed before and after.
 
 Padding waste is 1 − (unpadded samples) / (batch rows × padded length) over one epoch's
@@ -25,16 +25,19 @@ import io
 import itertools
 import json
 import os
+import sys
 import time
 
-from absl import app, flags
-import numpy as np
-import soundfile
-import tensorflow_datasets as tfds
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common
-from sslax.data import pipeline
-from sslax.models import frontends
+from absl import app, flags  # noqa: E402  (after the sys.path line)
+import numpy as np  # noqa: E402
+import soundfile  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from configs import common  # noqa: E402
+from sslax.data import decode, pretraining_stream, splits  # noqa: E402
+from sslax.models import frontends  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir ('' = the TFDS default).")
 _BATCHES = flags.DEFINE_integer("batches", 60, "Batches timed per setting (after one warm-up).")
@@ -53,8 +56,7 @@ def prepare_flac_copy(data_dir: str) -> None:
     return  # prepared (a read-only builder exists only for prepared data)
   except tfds.core.registered.DatasetNotFoundError:
     pass
-  builder, audio_key = pipeline.open_split("sslax_demo_corpus", "train", data_dir)
-  source = builder.as_data_source(split="train")
+  source, audio_key = splits.open_split("sslax_demo_corpus", "train", data_dir)
 
   def examples():
     for i in range(len(source)):
@@ -83,7 +85,7 @@ def prepare_flac_copy(data_dir: str) -> None:
 
 def make_stream(
   name: str, max_samples: int, buckets: tuple[int, ...], augment: bool
-) -> pipeline.PretrainingStream:
+) -> pretraining_stream.PretrainingStream:
   data = common.pretrain_config().data
   data.update(
     dict(
@@ -98,7 +100,7 @@ def make_stream(
   )
   if augment:
     data.augment.update(dict(speed_prob=0.5, gain_prob=0.5, noise_prob=0.5))
-  return pipeline.PretrainingStream(
+  return pretraining_stream.PretrainingStream(
     data,
     common.pretrain_config().masking,
     lambda n: int(frontends.num_frames(n, common.WAV2VEC2_CONV_LAYERS)),
@@ -108,33 +110,34 @@ def make_stream(
   )
 
 
-def padding_waste(stream: pipeline.PretrainingStream, num_batches: int) -> float:
+def padding_waste(stream: pretraining_stream.PretrainingStream, num_batches: int) -> float:
   """Share (%) of padded samples over the first `num_batches` global batches."""
   valid = padded = 0
   for k in range(num_batches):
-    lengths = stream.row_lengths(k)
+    lengths = stream.schedule.row_lengths(k)
     valid += int(lengths.sum())
-    padded += lengths.size * stream.batch_rows(k).num_samples
+    padded += lengths.size * stream.schedule.batch_rows(k).num_samples
   return 100.0 * (1 - valid / padded)
 
 
 def audio_seconds(batch: dict[str, np.ndarray]) -> float:
-  return float((1 - batch["audio_paddings"]).sum()) / pipeline.SAMPLE_RATE
+  return float((1 - batch["audio_paddings"]).sum()) / decode.SAMPLE_RATE
 
 
-def stream_throughput(stream: pipeline.PretrainingStream, num_batches: int) -> dict[str, float]:
-  """Audio seconds per wall second and per CPU second through `batches()` (tf.data)."""
-  batches = stream.batches()
-  next(batches)
-  wall, cpu, audio = time.perf_counter(), time.process_time(), 0.0
-  for batch, _ in itertools.islice(batches, num_batches):
-    audio += audio_seconds(batch)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  batches.close()
+def stream_throughput(
+  stream: pretraining_stream.PretrainingStream, num_batches: int
+) -> dict[str, float]:
+  """Audio seconds per wall second and per CPU second through `batches()`."""
+  with stream.batches() as batches:
+    next(batches)
+    wall, cpu, audio = time.perf_counter(), time.process_time(), 0.0
+    for batch, _ in itertools.islice(batches, num_batches):
+      audio += audio_seconds(batch)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
   return {"per_cpu_second": audio / cpu, "per_wall_second": audio / wall}
 
 
-def pinned_throughput(stream: pipeline.PretrainingStream, num_batches: int) -> float:
+def pinned_throughput(stream: pretraining_stream.PretrainingStream, num_batches: int) -> float:
   """Audio seconds per wall second of `host_batch` on one thread pinned to one core."""
   cores = os.sched_getaffinity(0)
   os.sched_setaffinity(0, {max(cores)})
@@ -163,7 +166,9 @@ def main(argv):
     ):
       stream = make_stream(name, max_samples, lengths, augment)
       epoch = (
-        len(stream.epoch_batches(0)) if lengths else -(-len(stream._usable) // _BATCH_SIZE.value)
+        len(stream.schedule.epoch_batches(0))
+        if lengths
+        else -(-len(stream.schedule.usable) // _BATCH_SIZE.value)
       )
       result = dict(
         storage=storage,

@@ -6,7 +6,7 @@
 The accelerator machines lent to this project have jax, flax, optax and orbax but not
 TensorFlow, so `sslax.main`'s tf.data stream cannot run there. This script runs the same
 jitted, sharded update (`wav2vec2_step.build_trainer`) and feeds it batches built the way
-`sslax.data.pipeline.PretrainingStream` builds them without buckets or augmentation: each
+`sslax.data.pretraining_stream.PretrainingStream` builds them without buckets or augmentation: each
 epoch a seeded permutation of the train split's utterances of at least `min_samples`, a
 seeded random crop of longer ones to `max_samples`, zero padding with `audio_paddings`,
 span masks from `sslax.data.masking` over each row's unpadded frames. It reads the demo

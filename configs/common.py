@@ -82,7 +82,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
       max_samples=250_000,  # crop length; padded batches have exactly this many samples
       min_samples=32_000,  # shorter utterances are dropped
       normalize=False,  # per-utterance zero mean, unit variance (fairseq task.normalize)
-      prefetch=2,  # batches prepared ahead of the train step
+      read_threads=2,  # host batches read in parallel, each by one thread, ahead of the step
       # Unreadable, empty, truncated, too-short, non-mono or other-rate audio: 'skip' (log
       # each file, count it, fill its rows deterministically) or 'error' (stop naming it).
       bad_audio="skip",

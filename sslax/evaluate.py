@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslax.data import labelled, pipeline, text
+from sslax.data import labelled, splits, text
 from sslax.models import ctc
 from sslax.train import checkpoints, ctc_step, sharding
 from sslax.train import state as state_lib
@@ -82,8 +82,8 @@ def transcribe(
   """Greedy hypotheses of every utterance of `eval_set`, in its order (on every process)."""
   decode = make_decode_fn(model, params_shardings, mesh)
   hypotheses = [""] * len(eval_set.ids)
-  with sharding.activate(mesh):
-    for host_batch, examples_B in eval_set.batches():
+  with sharding.activate(mesh), eval_set.batches() as batches:
+    for host_batch, examples_B in batches:
       best_BxF, frames_B = decode(params, sharding.global_batch(host_batch, mesh))
       best_BxF = np.asarray(multihost_utils.process_allgather(best_BxF, tiled=True))
       frames_B = np.asarray(multihost_utils.process_allgather(frames_B, tiled=True))
@@ -95,7 +95,7 @@ def transcribe(
 
 def unread_utterances(eval_set: labelled.EvalSet) -> dict[int, str]:
   """{example index: kind of fault} of the audio no process could read (on every process)."""
-  kinds = pipeline.BAD_AUDIO_KINDS
+  kinds = splits.BAD_AUDIO_KINDS
   codes = np.full(len(eval_set.ids), -1, np.int32)
   for index, kind in eval_set.unread.items():
     codes[index] = kinds.index(kind)

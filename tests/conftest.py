@@ -12,7 +12,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+import threading  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402  (after XLA_FLAGS)
+
+
+@pytest.fixture(autouse=True)
+def no_stream_left_open():
+  """Fails a test that leaves an input stream's reader threads running (a `batches()` it
+  did not close). Threads of a closed stream end once their read in flight finishes."""
+  yield
+  deadline = time.monotonic() + 10
+  while alive := [t.name for t in threading.enumerate() if t.name.startswith("grain-prefetch")]:
+    if time.monotonic() > deadline:
+      pytest.fail(f"input-stream threads left running (an unclosed `batches()`): {alive}")
+    time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,14 @@
 """Static-shape length buckets: one shape per bucket, every example once per epoch, resume."""
 
 import collections
-import itertools
 
 import jax
 import numpy as np
 import pytest
+from streams import take
 
 from configs import common
-from sslax.data import buckets, pipeline
+from sslax.data import buckets, pretraining_stream, schedule
 from sslax.models import frontends
 
 CONV = common.WAV2VEC2_CONV_LAYERS
@@ -32,7 +32,7 @@ def make_stream(data_dir, *, process_index=0, process_count=1, **data_fields):
     )
   )
   data.update(data_fields)
-  return pipeline.PretrainingStream(
+  return pretraining_stream.PretrainingStream(
     data,
     common.pretrain_config().masking,
     frames_fn,
@@ -51,18 +51,18 @@ def test_batch_sizes_hold_total_audio_roughly_constant():
 
 def test_an_epoch_has_one_shape_per_bucket_and_every_example_once(demo_data_dir):
   stream = make_stream(demo_data_dir)
-  per_epoch = len(stream.epoch_batches(0))
-  usable = stream._usable
+  per_epoch = len(stream.schedule.epoch_batches(0))
+  usable = stream.schedule.usable
   seen, shapes = collections.Counter(), set()
   step = jax.jit(lambda audio, mask: (audio.sum(), mask.sum()))
-  for k, (batch, state) in enumerate(itertools.islice(stream.batches(), per_epoch)):
+  for k, (batch, state) in enumerate(take(stream.batches(), per_epoch)):
     assert state == {"position": k + 1}
     B, S = batch["audio"].shape
     assert (B, S) in {(26, 48_080), (12, 96_080), (8, 160_080)}
     assert batch["mask"].shape == (B, frames_fn(S))
     shapes.add((B, S))
     step(batch["audio"], batch["mask"])
-    examples = stream.batch_indices(k)
+    examples = stream.schedule.batch_indices(k)
     lengths = stream._lengths[examples]
     # Each row is its whole utterance (cropped only in the largest bucket), in a bucket no
     # smaller than the smallest that holds it.
@@ -78,16 +78,18 @@ def test_an_epoch_has_one_shape_per_bucket_and_every_example_once(demo_data_dir)
   assert 0 <= fills < 8 and all(count <= 2 for count in seen.values())
   assert sum(count == 2 for count in seen.values()) == fills
   # The next epoch is reshuffled and has as many batches.
-  assert len(stream.epoch_batches(1)) == per_epoch
-  assert not np.array_equal(stream.batch_indices(0), stream.batch_indices(per_epoch))
+  assert len(stream.schedule.epoch_batches(1)) == per_epoch
+  assert not np.array_equal(
+    stream.schedule.batch_indices(0), stream.schedule.batch_indices(per_epoch)
+  )
 
 
 def test_bucketed_stream_resumes_exactly_and_splits_over_processes(demo_data_dir):
   stream = make_stream(demo_data_dir)
-  per_epoch = len(stream.epoch_batches(0))
+  per_epoch = len(stream.schedule.epoch_batches(0))
   start = per_epoch - 1  # across the epoch boundary
   first = [stream.host_batch(k) for k in (start, start + 1)]
-  resumed = list(itertools.islice(make_stream(demo_data_dir).batches(start), 2))
+  resumed = take(make_stream(demo_data_dir).batches(start), 2)
   for expected, (batch, _) in zip(first, resumed, strict=True):
     for key in expected:
       np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
@@ -111,6 +113,6 @@ def test_bucket_settings_are_clear_errors(demo_data_dir):
     make_stream(demo_data_dir, batch_size=8, process_count=4)
   data = common.pretrain_config().data
   data.update(dict(buckets=BUCKETS, batch_size=8, bucket_batch_multiple=2, max_samples=160_080))
-  pipeline.check_batch_shards(data, 2)
+  schedule.check_batch_shards(data, 2)
   with pytest.raises(ValueError, match="config.data.bucket_batch_multiple=2 .* 4 batch shards"):
-    pipeline.check_batch_shards(data, 4)
+    schedule.check_batch_shards(data, 4)

@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import safetensors.numpy  # noqa: E402
+from streams import take
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
@@ -95,7 +96,7 @@ def _utterances(config):
   """[(example index, f32[S] waveform)] of SPLIT, as the evaluate job reads it."""
   eval_set = labelled.EvalSet(config.data, SPLIT, 4, process_index=0, process_count=1)
   found = []
-  for batch, examples in eval_set.batches():
+  for batch, examples in take(eval_set.batches(), eval_set.num_batches):
     for row, index in enumerate(examples):
       if index >= 0:
         found.append((int(index), batch["audio"][row][batch["audio_paddings"][row] == 0]))

@@ -12,6 +12,7 @@ import jax
 import jiwer
 import numpy as np
 import pytest
+from streams import take
 
 from configs import demo, demo_ctc
 from sslax import evaluate
@@ -53,7 +54,7 @@ def tiny(demo_data_dir):
     process_index=0,
     process_count=1,
   )
-  batch, _ = next(stream.batches())
+  ((batch, _),) = take(stream.batches(), 1)
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   trainer = ctc_step.build_trainer(config, mesh, len(vocab))
   return config, vocab, batch, mesh, trainer
@@ -170,11 +171,12 @@ def test_tiny_model_learns_to_transcribe_a_fixed_batch(tiny):
 # ---- The jobs, end to end ------------------------------------------------------------
 
 
-def run_main(workdir, data_dir, *overrides, env=None):
+def run_main(workdir, data_dir, *overrides, env=None, tensorflow=True):
+  """`python -m sslax.main ...`; without `tensorflow`, as on a machine that lacks it."""
   result = subprocess.run(
     [
       sys.executable,
-      "-m",
+      *(["-m"] if tensorflow else [os.path.join(REPO, "tests", "without_tensorflow.py")]),
       "sslax.main",
       "--config=configs/demo_ctc.py:tiny",
       f"--workdir={workdir}",
@@ -246,9 +248,10 @@ def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data
     params["encoder/layers_0/fc1/kernel"], pretrained["encoder/layers_0/fc1/kernel"]
   )
 
-  # Resume: drop the last checkpoint and run the same command again.
+  # Resume: drop the last checkpoint and run the same command again (on a machine without
+  # TensorFlow: the data is prepared).
   shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
-  result = run_main(workdir, demo_data_dir, *run, env=env)
+  result = run_main(workdir, demo_data_dir, *run, env=env, tensorflow=False)
   assert "resumed from checkpoint 4" in result.stderr
   assert "vocabulary of 32 tokens from" in result.stderr
   resumed = read_metrics(workdir)
@@ -257,8 +260,15 @@ def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data
     # Same program, same inputs, same device: bitwise equal.
     assert a["loss"] == b["loss"] and a["data_position"] == b["data_position"], a["step"]
 
-  # Evaluate on the test split.
-  run_main(workdir, demo_data_dir, "--config.job=evaluate", "--config.eval.split=test", env=env)
+  # Evaluate on the test split, without TensorFlow too.
+  run_main(
+    workdir,
+    demo_data_dir,
+    "--config.job=evaluate",
+    "--config.eval.split=test",
+    env=env,
+    tensorflow=False,
+  )
   with open(os.path.join(workdir, "eval_test.json")) as f:
     results = json.load(f)
   ids, transcripts = labelled.split_transcripts(

@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
+from streams import take
 
 from configs import common, demo_hubert
 from sslax.data import hubert_stream
@@ -79,7 +80,7 @@ def test_rows_carry_the_units_under_their_crop(tiny_mfcc_units, demo_data_dir):
     batch = stream.host_batch(k)
     # round(5.005 s x 100 Hz), as fairseq's round(crop samples x label_rate / sample rate).
     assert batch["labels"].shape == (8, 500) and batch["labels"].dtype == np.int32
-    for row, example in enumerate(stream.batch_indices(k)):
+    for row, example in enumerate(stream.schedule.batch_indices(k)):
       record = source[int(example)]
       raw = np.asarray(record["speech"]).astype(np.float32) / 32768.0
       valid = int((batch["audio_paddings"][row] == 0).sum())
@@ -100,8 +101,8 @@ def test_rows_carry_the_units_under_their_crop(tiny_mfcc_units, demo_data_dir):
 def test_resumes_exactly_and_processes_split_the_rows(tiny_mfcc_units, demo_data_dir):
   config = hubert_config(tiny_mfcc_units, demo_data_dir)
   whole = make_stream(config)
-  batches = list(zip(range(4), whole.batches(0), strict=False))
-  resumed = next(make_stream(config).batches(batches[2][1][1]["position"]))
+  batches = list(enumerate(take(whole.batches(0), 4)))
+  (resumed,) = take(make_stream(config).batches(batches[2][1][1]["position"]), 1)
   assert resumed[1] == batches[3][1][1]
   for name, value in batches[3][1][0].items():
     np.testing.assert_array_equal(resumed[0][name], value, err_msg=name)
@@ -204,7 +205,9 @@ def test_bad_units_are_errors_that_name_them(tiny_mfcc_units, demo_data_dir, tmp
   stream = make_stream(config)
   kept = {k for entry in json.load(open(manifest_path))["shards"] for k in entry["keys"]}
   batch = next(
-    k for k in range(20) if {stream.example_key(int(e)) for e in stream.batch_indices(k)} - kept
+    k
+    for k in range(20)
+    if {stream.example_key(int(e)) for e in stream.schedule.batch_indices(k)} - kept
   )
   with pytest.raises(ValueError, match=f"example '.*' has no units in {manifest_path}"):
     stream.host_batch(batch)

@@ -1,12 +1,11 @@
 """The labelled streams: whole utterances, labels, masks, subsets, per-process rows, resume."""
 
-import itertools
-
 import numpy as np
 import pytest
+import streams
 
 from configs import demo_ctc
-from sslax.data import labelled, pipeline, text
+from sslax.data import labelled, splits, text
 from sslax.models import frontends
 from sslax.train import wav2vec2_step
 
@@ -41,7 +40,7 @@ def make_stream(config, *, process_index=0, process_count=1, seed=0):
 
 
 def take(stream, n, start=0):
-  return list(itertools.islice(stream.batches(start), n))
+  return streams.take(stream.batches(start), n)
 
 
 def test_batches_hold_whole_utterances_with_their_labels(demo_data_dir):
@@ -51,8 +50,7 @@ def test_batches_hold_whole_utterances_with_their_labels(demo_data_dir):
   ids, transcripts = labelled.split_transcripts(
     config.data.name, config.data.split, demo_data_dir, "text", "id"
   )
-  builder, audio_key = pipeline.open_split(config.data.name, "train", demo_data_dir)
-  source = builder.as_data_source(split="train")
+  source, audio_key = splits.open_split(config.data.name, "train", demo_data_dir)
   S, L, D = config.data.max_samples, config.data.max_label_length, config.model.embed_dim
   F = frontends.num_frames(S, config.model.conv_layers)
   for k, (batch, state) in enumerate(take(stream, 3)):
@@ -60,9 +58,9 @@ def test_batches_hold_whole_utterances_with_their_labels(demo_data_dir):
     assert batch["audio"].shape == (4, S) and batch["mask"].shape == (4, F)
     assert batch["channel_mask"].shape == (4, D) and batch["labels"].shape == (4, L)
     assert batch["labels"].dtype == np.int32 and batch["label_paddings"].dtype == np.float32
-    for row, index in enumerate(stream.batch_indices(k)):
+    for row, index in enumerate(stream.schedule.batch_indices(k)):
       # The whole utterance, uncropped, and the labels of its own transcript.
-      samples = pipeline.read_audio(source, int(index), audio_key, "demo")
+      samples = splits.read_audio(source, int(index), audio_key, "demo")
       n = samples.size
       assert n <= S
       np.testing.assert_array_equal(batch["audio"][row, :n], samples)
@@ -85,13 +83,13 @@ def test_subset_has_the_minutes_asked_for_and_nests(demo_data_dir):
   large = make_stream(config)
   lengths_min = large._lengths / 16_000 / 60
   for stream, minutes in ((small, 1.0), (large, 3.0)):
-    chosen = stream.epoch_indices(0)
+    chosen = stream.schedule.epoch_indices(0)
     total = lengths_min[chosen].sum()
     # The shortest prefix with at least `minutes`: dropping any one utterance falls short.
     assert minutes <= total < minutes + lengths_min[chosen].max()
     assert stream.labelled_minutes == pytest.approx(total)
     assert (large._lengths[chosen] <= config.data.max_samples).all()
-  assert set(small.epoch_indices(0)) < set(large.epoch_indices(0))
+  assert set(small.schedule.epoch_indices(0)) < set(large.schedule.epoch_indices(0))
   # Everything dropped is counted; 'tiny' caps utterances at 4 s.
   assert small.dropped["longer_than_max_samples"] == int((large._lengths > 64_080).sum())
   config.data.labelled_minutes = 100.0
@@ -126,7 +124,7 @@ def test_eval_set_reads_the_whole_split_in_order(demo_data_dir):
   assert eval_set.references == tuple(text.normalize(t) for t in transcripts)
   assert eval_set.max_samples % 16_000 == 0
   seen = []
-  for host, examples in eval_set.batches():
+  for host, examples in streams.take(eval_set.batches(), eval_set.num_batches):
     assert host["audio"].shape == (8, eval_set.max_samples)
     for row, index in enumerate(examples):
       if index < 0:

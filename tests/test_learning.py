@@ -4,13 +4,12 @@ A wiring check that unit tests miss: masks, targets, negatives, gradients and op
 must all line up for the contrastive accuracy to leave chance (1 / (K + 1)).
 """
 
-import itertools
-
 import jax
 import numpy as np
+from streams import take
 
 from configs import demo
-from sslax.data import pipeline
+from sslax.data import pretraining_stream
 from sslax.train import sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
@@ -21,7 +20,7 @@ def test_tiny_model_fits_a_fixed_batch(demo_data_dir):
   config.total_steps = 200
   config.optim.warmup_steps = 10
   config.optim.learning_rate = 2e-3
-  stream = pipeline.PretrainingStream(
+  stream = pretraining_stream.PretrainingStream(
     config.data,
     config.masking,
     wav2vec2_step.frames_fn(config),
@@ -29,7 +28,7 @@ def test_tiny_model_fits_a_fixed_batch(demo_data_dir):
     process_index=0,
     process_count=1,
   )
-  batch, _ = next(itertools.islice(stream.batches(), 1))
+  ((batch, _),) = take(stream.batches(), 1)
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   trainer = wav2vec2_step.build_trainer(config, mesh)
   state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))

@@ -1,13 +1,13 @@
 """Temperature-sampled mixtures: the formula, the drawn shares, seeded rows, resume."""
 
-import itertools
 import logging
 
 import numpy as np
 import pytest
+from streams import take
 
 from configs import common
-from sslax.data import mixture, pipeline
+from sslax.data import mixture, pretraining_stream, splits
 from sslax.models import frontends
 
 SOURCES = (("sslax_demo_corpus", "train"), ("sslax_demo_corpus", "dev"))
@@ -26,7 +26,7 @@ def make_stream(data_dir, **data_fields):
     )
   )
   data.update(data_fields)
-  return pipeline.PretrainingStream(
+  return pretraining_stream.PretrainingStream(
     data,
     common.pretrain_config().masking,
     lambda n: int(frontends.num_frames(n, common.WAV2VEC2_CONV_LAYERS)),
@@ -46,14 +46,14 @@ def test_probabilities_follow_the_temperature_formula():
 def test_drawn_shares_match_the_formula_and_are_logged(demo_data_dir, caplog):
   with caplog.at_level(logging.INFO):
     stream = make_stream(demo_data_dir)
-  n = np.asarray([len(u) for u in stream._mixture_usable])
+  n = np.asarray([len(u) for u in stream.schedule.mixture_usable])
   lengths = stream._lengths
   assert n[0] == (lengths[: stream._offsets[1]] >= 16_000).sum() and n[1] > 0
   p = np.sqrt(n) / np.sqrt(n).sum()
-  np.testing.assert_allclose(stream.mixture_probabilities, p, rtol=1e-12)
+  np.testing.assert_allclose(stream.schedule.mixture_probabilities, p, rtol=1e-12)
   assert f"p={p[1]:.4f}" in caplog.text and "sslax_demo_corpus:dev" in caplog.text
   # Over 1,000 batches (8,000 rows) the share of each source is p within 4 sigma.
-  examples = np.concatenate([stream.batch_indices(k) for k in range(1_000)])
+  examples = np.concatenate([stream.schedule.batch_indices(k) for k in range(1_000)])
   from_dev = (examples >= stream._offsets[1]).mean()
   sigma = np.sqrt(p[1] * (1 - p[1]) / examples.size)
   assert abs(from_dev - p[1]) < 4 * sigma, (from_dev, p[1])
@@ -64,16 +64,16 @@ def test_drawn_shares_match_the_formula_and_are_logged(demo_data_dir, caplog):
 
 def test_mixture_rows_are_seeded_read_from_their_source_and_resume(demo_data_dir):
   stream = make_stream(demo_data_dir)
-  first = list(itertools.islice(stream.batches(), 3))
-  resumed = list(itertools.islice(make_stream(demo_data_dir).batches(2), 1))
+  first = take(stream.batches(), 3)
+  resumed = take(make_stream(demo_data_dir).batches(2), 1)
   for key in first[2][0]:
     np.testing.assert_array_equal(resumed[0][0][key], first[2][0][key])
   assert resumed[0][1] == {"position": 3}
-  dev = pipeline.Split.open("sslax_demo_corpus", "dev", demo_data_dir)
-  train = pipeline.Split.open("sslax_demo_corpus", "train", demo_data_dir)
+  dev = splits.Split.open("sslax_demo_corpus", "dev", demo_data_dir)
+  train = splits.Split.open("sslax_demo_corpus", "train", demo_data_dir)
   offset = stream._offsets[1]
   for k, (batch, _) in enumerate(first):
-    for row, example in enumerate(stream.batch_indices(k)):
+    for row, example in enumerate(stream.schedule.batch_indices(k)):
       split, index = (dev, example - offset) if example >= offset else (train, example)
       raw = split.read(int(index))
       n = int((1 - batch["audio_paddings"][row]).sum())
@@ -83,7 +83,9 @@ def test_mixture_rows_are_seeded_read_from_their_source_and_resume(demo_data_dir
       starts = np.flatnonzero(raw[: raw.size - n + 1] == crop[0])
       assert any(np.array_equal(raw[s : s + n], crop) for s in starts)
   other = make_stream(demo_data_dir, mixture_alpha=1.0)
-  assert not np.array_equal(other.mixture_probabilities, stream.mixture_probabilities)
+  assert not np.array_equal(
+    other.schedule.mixture_probabilities, stream.schedule.mixture_probabilities
+  )
 
 
 def test_mixture_settings_are_clear_errors(demo_data_dir):

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from configs import demo
-from sslax.data import pipeline
+from sslax.data import pretraining_stream
 from sslax.train import checkpoints, sharding, wav2vec2_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,16 +84,16 @@ def test_processes_read_disjoint_rows_that_make_the_global_batch(demo_data_dir):
 
   def stream(index, count):
     frames = wav2vec2_step.frames_fn(config)
-    return pipeline.PretrainingStream(
+    return pretraining_stream.PretrainingStream(
       data, config.masking, frames, seed=0, process_index=index, process_count=count
     )
 
   whole, parts = stream(0, 1), [stream(i, 4) for i in range(4)]
   for k in (0, 1):
-    rows = [part.batch_indices(k)[part.host_rows(k)] for part in parts]
+    rows = [part.schedule.batch_indices(k)[part.schedule.host_rows(k)] for part in parts]
     assert all(len(r) == 2 for r in rows)
     assert len(set(np.concatenate(rows))) == 8  # no example read twice
-    np.testing.assert_array_equal(np.concatenate(rows), whole.batch_indices(k))
+    np.testing.assert_array_equal(np.concatenate(rows), whole.schedule.batch_indices(k))
     batches = [part.host_batch(k) for part in parts]
     for name, value in whole.host_batch(k).items():
       np.testing.assert_array_equal(np.concatenate([b[name] for b in batches]), value)

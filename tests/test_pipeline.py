@@ -1,14 +1,13 @@
 """The pretraining input stream: static shapes, masks, per-process parts, exact resume,
 augmentation."""
 
-import itertools
-
 import ml_collections
 import numpy as np
 import pytest
+import streams
 
 from configs import common
-from sslax.data import augment, pipeline
+from sslax.data import augment, pretraining_stream
 from sslax.models import frontends
 
 CONV = common.WAV2VEC2_CONV_LAYERS
@@ -38,7 +37,7 @@ def make_stream(
   )
   data.augment.update(augment)
   masking = common.pretrain_config().masking
-  return pipeline.PretrainingStream(
+  return pretraining_stream.PretrainingStream(
     data,
     masking,
     lambda n: int(frontends.num_frames(n, CONV)),
@@ -49,7 +48,7 @@ def make_stream(
 
 
 def take(stream, n, start=0):
-  return list(itertools.islice(stream.batches(start), n))
+  return streams.take(stream.batches(start), n)
 
 
 def test_batches_have_static_shapes_and_consistent_paddings(demo_data_dir):
@@ -102,14 +101,16 @@ def test_processes_split_the_same_global_batches_whatever_their_number(demo_data
     for key in expected:
       np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), expected[key])
   # An epoch of stream positions holds every usable example once, and only those.
-  usable = whole._usable
-  epoch = [whole.example_index(p) for p in range(len(usable))]
+  usable = whole.schedule.usable
+  epoch = [whole.schedule.example_index(p) for p in range(len(usable))]
   assert sorted(epoch) == sorted(usable.tolist())
-  assert not np.array_equal(whole.epoch_indices(0), whole.epoch_indices(1))  # reshuffled
+  assert not np.array_equal(
+    whole.schedule.epoch_indices(0), whole.schedule.epoch_indices(1)
+  )  # reshuffled
   # The lengths index is right, and row r of batch k is a crop of example batch_indices(k)[r].
   source = whole._splits[0].source
   batch = whole.host_batch(0)
-  for row, index in list(zip(batch["audio"], whole.batch_indices(0), strict=True))[:4]:
+  for row, index in list(zip(batch["audio"], whole.schedule.batch_indices(0), strict=True))[:4]:
     raw = np.asarray(source[int(index)]["speech"]).astype(np.float32) / 32768.0
     assert raw.size == whole._lengths[index]
     n = min(raw.shape[0], 48_080)
@@ -122,7 +123,7 @@ def test_utterances_below_min_samples_never_appear(demo_data_dir):
   stream = make_stream(demo_data_dir, min_samples=48_000)
   short = np.flatnonzero(stream._lengths < 48_000)
   assert 0 < len(short) < len(stream._lengths)
-  assert not set(short.tolist()) & set(stream.epoch_indices(0).tolist())
+  assert not set(short.tolist()) & set(stream.schedule.epoch_indices(0).tolist())
   for batch, _ in take(stream, 3):
     assert ((1 - batch["audio_paddings"]).sum(1) >= 48_000).all()
 
@@ -140,12 +141,12 @@ def test_bad_settings_are_clear_errors(demo_data_dir):
   data = common.pretrain_config().data
   data.update(dict(data_dir=demo_data_dir, batch_size=5))
   with pytest.raises(ValueError, match="batch_size"):
-    pipeline.PretrainingStream(
+    pretraining_stream.PretrainingStream(
       data, ml_collections.ConfigDict(), lambda n: n, seed=0, process_index=0, process_count=2
     )
   data.update(dict(name="no_such_dataset_xyz", batch_size=4))
   with pytest.raises(Exception, match="no_such_dataset_xyz"):
-    pipeline.PretrainingStream(
+    pretraining_stream.PretrainingStream(
       data, ml_collections.ConfigDict(), lambda n: n, seed=0, process_index=0, process_count=1
     )
 
@@ -163,7 +164,7 @@ def test_without_augmentation_rows_are_the_seeded_crops_of_the_raw_audio(demo_da
   stream = make_stream(demo_data_dir)
   source = stream._splits[0].source
   for k, (batch, _) in enumerate(take(stream, 2)):
-    for row, index in enumerate(stream.batch_indices(k)):
+    for row, index in enumerate(stream.schedule.batch_indices(k)):
       raw = np.asarray(source[int(index)]["speech"]).astype(np.float32) / 32768.0
       start = 0
       if raw.size > 48_080:
@@ -189,13 +190,13 @@ def test_augmented_batches_are_seeded_and_resume_exactly(demo_data_dir):
     assert not np.array_equal(a["audio"], c["audio"])
     # Speed changes lengths; paddings and masks follow the augmented, cropped lengths.
     lengths = (1 - a["audio_paddings"]).sum(1).astype(int)
-    np.testing.assert_array_equal(lengths, stream.row_lengths(k))
+    np.testing.assert_array_equal(lengths, stream.schedule.row_lengths(k))
     # Each row's speed is the first draw of its (seed, augment stream, position) generator.
     speeds = [
       augment.speed_factor(stream._augment, np.random.default_rng([0, 4, k * 4 + r]))
       for r in range(4)
     ]
-    raw = stream._lengths[stream.batch_indices(k)]
+    raw = stream._lengths[stream.schedule.batch_indices(k)]
     expected = [min(round(n / f), 48_080) for n, f in zip(raw, speeds, strict=True)]
     np.testing.assert_array_equal(lengths, expected)
     for mask_row, n in zip(a["mask"], lengths, strict=True):

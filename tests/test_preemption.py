@@ -6,6 +6,7 @@ on a step through JAX's preemption sync manager: tests/test_multiprocess.py send
 to one of four processes.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -25,13 +26,17 @@ class SigtermBefore:
     self._stream, self._index = stream, index
 
   def batches(self, position: int = 0):
-    for batch, data_state in self._stream.batches(position):
-      if position == self._index:
-        # Never signal unwatched: the default action would end the test session.
-        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch, data_state
-      position += 1
+    return contextlib.closing(self._signalled(position))
+
+  def _signalled(self, position: int):
+    with self._stream.batches(position) as batches:
+      for batch, data_state in batches:
+        if position == self._index:
+          # Never signal unwatched: the default action would end the test session.
+          assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch, data_state
+        position += 1
 
 
 def read_metrics(workdir):

@@ -17,7 +17,7 @@ import pytest
 import toy_job
 
 from configs import demo
-from sslax.data import pipeline
+from sslax.data import pretraining_stream
 from sslax.train import checkpoints, loop, wav2vec2_step
 
 
@@ -81,7 +81,7 @@ def test_a_batch_that_does_not_divide_over_the_processes_is_named(demo_data_dir)
     match=r"config.data.batch_size=6 gives a global batch of 6, which does not divide across "
     r"4 processes",
   ):
-    pipeline.PretrainingStream(
+    pretraining_stream.PretrainingStream(
       data,
       config.masking,
       wav2vec2_step.frames_fn(config),

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from configs import demo
+from sslax.data import executor
 from sslax.train import loop, nonfinite, optim, sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
@@ -115,10 +116,11 @@ class ToyStream:
     batch = {"audio": x, "audio_paddings": np.zeros_like(x), "target": target}
     return {name: value[self._rows] for name, value in batch.items()}
 
-  def batches(self, position: int = 0):
-    while True:
-      yield self.host_batch(position), {"position": position + 1}
-      position += 1
+  def batches(self, position: int = 0) -> executor.Batches:
+    """Read by the executor the real streams use."""
+    return executor.Batches(
+      lambda k: (self.host_batch(k), {"position": k + 1}), position, threads=1
+    )
 
 
 def setup(poisoned=(), wrap_loss=lambda fn: fn) -> loop.Setup:

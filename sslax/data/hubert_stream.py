@@ -1,6 +1,6 @@
 """HuBERT's pretraining stream: the pretraining batches with each row's k-means units.
 
-`HubertStream` is `pipeline.PretrainingStream` (the same rows, crops, masks and state, so
+`HubertStream` is `pretraining_stream.PretrainingStream` (the same rows, crops, masks and state, so
 it resumes exactly as wav2vec 2.0's) whose host batches also hold
 
   labels i32[b, L]: the units under each row's crop, L = round(S · label_rate / 16 kHz)
@@ -22,11 +22,11 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from sslax.data import pipeline
+from sslax.data import pretraining_stream
 from sslax.units import labels as labels_lib
 
 
-class HubertStream(pipeline.PretrainingStream):
+class HubertStream(pretraining_stream.PretrainingStream):
   """`PretrainingStream` batches plus `labels` (module docstring)."""
 
   def __init__(
@@ -55,7 +55,7 @@ class HubertStream(pipeline.PretrainingStream):
     )
     self._units = unit_labels
     for split in self._splits:
-      if unit_labels.key_feature not in split.source[0]:
+      if unit_labels.key_feature not in split.source.features:
         raise ValueError(
           f"{split.name}:{split.split} has no feature {unit_labels.key_feature!r}, the key "
           "feature of the units manifest"
@@ -64,7 +64,7 @@ class HubertStream(pipeline.PretrainingStream):
   def example_key(self, example: int) -> str:
     """The key of stream example `example` (the units manifest's key feature)."""
     split, index = self._locate(example)
-    key = split.source[index][self._units.key_feature]
+    key = split.source.get(index, self._units.key_feature)
     return key.decode() if isinstance(key, bytes) else str(key)
 
   def host_batch(self, batch: int) -> dict[str, np.ndarray]:
@@ -72,14 +72,12 @@ class HubertStream(pipeline.PretrainingStream):
     units of the example each row holds (a substitute's for a row whose example could not
     be read) under its crop."""
     audio, paddings, held, starts = self.host_audio(batch)
-    length = labels_lib.num_labels(self.batch_rows(batch).num_samples, self._units.label_rate)
+    length = labels_lib.num_labels(
+      self.schedule.batch_rows(batch).num_samples, self._units.label_rate
+    )
     labels = np.zeros((len(held), length), np.int32)
     for row, (example, start) in enumerate(zip(held, starts, strict=True)):
       key, num_samples = self.example_key(int(example)), int(self._lengths[example])
       labels[row] = self._units.window(key, num_samples, int(start), length)
-    mask = self._global_masks(batch)[self.host_rows(batch)]
+    mask = self.schedule.masks(batch)[self.schedule.host_rows(batch)]
     return {"audio": audio, "audio_paddings": paddings, "mask": mask, "labels": labels}
-
-  def batch_dtypes(self) -> dict[str, type]:
-    """Name -> numpy dtype of every array of a host batch, in a fixed order."""
-    return dict(super().batch_dtypes(), labels=np.int32)

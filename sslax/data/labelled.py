@@ -1,6 +1,6 @@
 """Labelled speech for CTC fine-tuning and evaluation: whole utterances with character labels.
 
-`FinetuningStream` extends the pretraining stream (`sslax.data.pipeline`): the same seeded
+`FinetuningStream` extends the pretraining stream (`sslax.data.pretraining_stream`): the same seeded
 epochs over a set of examples, global batches that depend only on (seed, batch number),
 per-process rows and the `{'position': ...}` state that resumes exactly. What differs:
 utterances are never cropped, so those longer than `data.max_samples` (or with more than
@@ -18,16 +18,15 @@ it counts as deletions), logged by name and listed in `unread` ('skip'), or stop
 evaluation ('error').
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 import functools
 import math
 
 from absl import logging
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
-from sslax.data import masking, pipeline, text
+from sslax.data import decode, executor, masking, pretraining_stream, splits, text
 
 # Random streams of the data seed beyond the pretraining stream's (0-2).
 _CHANNEL_STREAM = 3
@@ -48,21 +47,16 @@ def split_transcripts(
   Raises ValueError naming `config.data.text_key` / `config.data.id_key` when the dataset
   lacks the feature.
   """
-  builder, audio_key = pipeline.open_split(name, split, data_dir)
-  features = builder.info.features
+  source, _ = splits.open_split(name, split, data_dir)
   for field, key in (("text_key", text_key), ("id_key", id_key)):
-    if key not in features:
+    if key not in source.features:
       raise ValueError(
         f"config.data.{field}={key!r}: TFDS dataset {name!r} has no such feature "
-        f"(it has {sorted(features)})"
+        f"(it has {sorted(source.features)})"
       )
-  source = builder.as_data_source(split=split, decoders={audio_key: tfds.decode.SkipDecoding()})
-  ids, transcripts = [], []
-  for i in range(len(source)):
-    example = source[i]
-    ids.append(_as_str(example[id_key]))
-    transcripts.append(_as_str(example[text_key]))
-  return tuple(ids), tuple(transcripts)
+  ids = tuple(_as_str(source.get(i, id_key)) for i in range(len(source)))
+  transcripts = tuple(_as_str(source.get(i, text_key)) for i in range(len(source)))
+  return ids, transcripts
 
 
 def labelled_subset(
@@ -82,7 +76,7 @@ def labelled_subset(
   if minutes <= 0:
     return candidates
   order = candidates[np.random.default_rng([seed, _SUBSET_STREAM]).permutation(len(candidates))]
-  minutes_N = np.cumsum(lengths[order]) / pipeline.SAMPLE_RATE / 60.0
+  minutes_N = np.cumsum(lengths[order]) / decode.SAMPLE_RATE / 60.0
   if not len(order) or minutes_N[-1] < minutes:
     total = minutes_N[-1] if len(order) else 0.0
     raise ValueError(
@@ -92,7 +86,7 @@ def labelled_subset(
   return np.sort(order[:count])
 
 
-class FinetuningStream(pipeline.PretrainingStream):
+class FinetuningStream(pretraining_stream.PretrainingStream):
   """This process's share of the fine-tuning batches: whole utterances, labels and masks.
 
   Each batch is a dict of numpy arrays with static shapes (b = global batch / processes):
@@ -160,7 +154,7 @@ class FinetuningStream(pipeline.PretrainingStream):
       "more_labels_than_max_label_length": int(too_many_labels.sum()),
       "empty_transcript": int(unlabelled.sum()),
     }
-    self.labelled_minutes = float(self._lengths[subset].sum() / pipeline.SAMPLE_RATE / 60)
+    self.labelled_minutes = float(self._lengths[subset].sum() / decode.SAMPLE_RATE / 60)
     logging.info(
       "%s:%s: fine-tuning on %d utterances (%.2f minutes) of %d; dropped %s; bad audio %s",
       data.name,
@@ -181,7 +175,7 @@ class FinetuningStream(pipeline.PretrainingStream):
 
   def _global_channel_masks(self, batch: int) -> np.ndarray:
     """bool[B, D]: channel masks of the whole global batch (fairseq mask_channel_*)."""
-    B, D = len(self.batch_indices(batch)), self._channels
+    B, D = len(self.schedule.batch_indices(batch)), self._channels
     if self._mask.mask_channel_prob == 0:
       return np.zeros((B, D), bool)
     rng = np.random.default_rng([self._seed, _CHANNEL_STREAM, batch])
@@ -198,9 +192,9 @@ class FinetuningStream(pipeline.PretrainingStream):
   def host_batch(self, batch: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `batch` (shapes in the class docstring)."""
     audio, paddings, held, _ = self.host_audio(batch)
-    rows = self.host_rows(batch)
+    rows = self.schedule.host_rows(batch)
     host = {"audio": audio, "audio_paddings": paddings}
-    host["mask"] = self._global_masks(batch)[rows]
+    host["mask"] = self.schedule.masks(batch)[rows]
     b, L = audio.shape[0], self._data.max_label_length
     if self._mask.mask_prob == 0:
       host["mask"] = np.zeros_like(host["mask"])
@@ -214,11 +208,6 @@ class FinetuningStream(pipeline.PretrainingStream):
     host["labels"] = labels
     host["label_paddings"] = label_paddings
     return host
-
-  def batch_dtypes(self) -> dict[str, type]:
-    return dict(
-      super().batch_dtypes(), channel_mask=bool, labels=np.int32, label_paddings=np.float32
-    )
 
 
 class EvalSet:
@@ -245,15 +234,15 @@ class EvalSet:
       raise ValueError(
         f"config.eval.batch_size={batch_size} does not divide across {process_count} processes"
       )
-    if data.bad_audio not in pipeline.BAD_AUDIO_SETTINGS:
+    if data.bad_audio not in splits.BAD_AUDIO_SETTINGS:
       raise ValueError(
-        f"config.data.bad_audio={data.bad_audio!r} must be one of {pipeline.BAD_AUDIO_SETTINGS}"
+        f"config.data.bad_audio={data.bad_audio!r} must be one of {splits.BAD_AUDIO_SETTINGS}"
       )
-    self._split = pipeline.Split.open(data.name, split, data.data_dir, resample=data.resample)
+    self._split = splits.Split.open(data.name, split, data.data_dir, resample=data.resample)
     self._bad_audio_setting = data.bad_audio
-    self.bad_audio = dict.fromkeys(pipeline.BAD_AUDIO_KINDS, 0)
+    self.bad_audio = dict.fromkeys(splits.BAD_AUDIO_KINDS, 0)
     problems = sorted(self._split.problems.items())
-    pipeline.report_bad_audio(
+    splits.report_bad_audio(
       [(self._split, i, kind, reason) for i, (kind, reason) in problems],
       data.bad_audio,
       self.bad_audio,
@@ -264,10 +253,11 @@ class EvalSet:
       data.name, split, data.data_dir, data.text_key, data.id_key
     )
     self.references = tuple(text.normalize(t) for t in transcripts)
-    rate = pipeline.SAMPLE_RATE
+    rate = decode.SAMPLE_RATE
     self.max_samples = int(math.ceil(max(int(lengths.max()), 1) / rate) * rate)
     self.num_batches = math.ceil(len(lengths) / batch_size)
     self._normalize = data.normalize
+    self._read_threads = data.read_threads
     self._batch_size = batch_size
     self._process_index = process_index
     self.host_batch_size = batch_size // process_count
@@ -288,7 +278,7 @@ class EvalSet:
         continue
       try:
         samples = self._split.read(int(index))
-      except pipeline.BadAudioError as error:
+      except splits.BadAudioError as error:
         if self._bad_audio_setting == "error":
           raise
         logging.warning("%s; left as an empty row (config.data.bad_audio='skip')", error)
@@ -296,12 +286,16 @@ class EvalSet:
         self.bad_audio[error.kind] += 1
         continue
       if self._normalize:
-        samples = pipeline.normalize_audio(samples)
+        samples = decode.normalize_audio(samples)
       audio[row, : samples.size] = samples
       paddings[row, : samples.size] = 0.0
     return {"audio": audio, "audio_paddings": paddings}
 
-  def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Yields (this process's host batch, the global batch's example indices) in order."""
-    for batch in range(self.num_batches):
-      yield self.host_batch(batch), self.batch_examples(batch)
+  def batches(self) -> executor.Batches[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(this process's host batch, the global batch's example indices) of every batch in
+    order, read ahead in threads. Close it (or use it in a `with` block)."""
+
+    def read(batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+      return self.host_batch(batch), self.batch_examples(batch)
+
+    return executor.Batches(read, 0, threads=self._read_threads, stop=self.num_batches)

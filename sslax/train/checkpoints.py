@@ -97,7 +97,15 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then releases orbax's threads."""
+    self._manager.wait_until_finished()
     self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 _SHOWN = 8  # differing arrays listed in an IncompatibleCheckpointError

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sslax.data import hubert_stream, pipeline
+from sslax.data import hubert_stream, pretraining_stream, schedule
 from sslax.train import checkpoints, init_from, metrics, nonfinite, sharding, wav2vec2_step
 from sslax.train import preemption as preemption_lib
 from sslax.train import state as state_lib
@@ -36,7 +36,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def pretraining_setup(
   config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
-) -> tuple[pipeline.PretrainingStream, wav2vec2_step.Trainer]:
+) -> tuple[pretraining_stream.PretrainingStream, wav2vec2_step.Trainer]:
   """The pretraining job's input stream and trainer (HuBERT's stream adds its units)."""
   del workdir  # pretraining keeps nothing there besides what the loop writes
   args = (config.data, config.masking, wav2vec2_step.frames_fn(config))
@@ -47,7 +47,7 @@ def pretraining_setup(
     units = labels.UnitLabels.from_config(config)
     stream = hubert_stream.HubertStream(*args, units, **kwargs)
   else:
-    stream = pipeline.PretrainingStream(*args, **kwargs)
+    stream = pretraining_stream.PretrainingStream(*args, **kwargs)
   return stream, wav2vec2_step.build_trainer(config, mesh)
 
 
@@ -72,7 +72,7 @@ def train(
   # ---- Mesh ------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   shards = sharding.data_parallel_size(mesh)
-  pipeline.check_batch_shards(config.data, shards * config.grad_accum_steps)
+  schedule.check_batch_shards(config.data, shards * config.grad_accum_steps)
   check_processes_hold_own_batch_shards(mesh)
   logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
 
@@ -81,47 +81,51 @@ def train(
   logging.info("%d parameters", state_lib.count_parameters(trainer.abstract_state.params))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
 
-  # ---- Restore ---------------------------------------------------------------------
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, clean_up=True)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
-    data_state, consecutive_skips = {"position": 0}, 0
-    if config.init_from:
-      params, newly_initialised = init_from.initial_params(
-        state.params, trainer.state_shardings.params, config.init_from, trainer.vocab
-      )
-      state = state.replace(params=params)
-      logging.info(
-        "initialised from %s; newly initialised: %s", config.init_from, newly_initialised
-      )
-  else:
-    try:
-      state, data_state = checkpointer.restore(
-        latest, trainer.abstract_state, trainer.state_shardings
-      )
-    except checkpoints.IncompatibleCheckpointError as error:
-      checkpointer.close()
-      raise checkpoints.IncompatibleCheckpointError(
-        f"{error}\n{_what_to_change(workdir, config)}"
-      ) from None
-    # Absent from checkpoints written before updates could be skipped.
-    consecutive_skips = data_state.pop(_CONSECUTIVE_SKIPS, 0)
-    logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
-  step = int(jax.device_get(state.step))
-  write_config(config, workdir)
+  # ---- Restore, then loop ------------------------------------------------------------
+  # Everything that owns threads or handlers is closed on every exit path, errors included:
+  # the input stream's readers, orbax's savers (closing lets the last good save finish),
+  # the SIGTERM handler and the TensorBoard writer.
+  with checkpoints.Checkpointer(
+    workdir, keep=config.keep_checkpoints, clean_up=True
+  ) as checkpointer:
+    latest = checkpointer.latest_step()
+    if latest is None:
+      state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
+      data_state, consecutive_skips = {"position": 0}, 0
+      if config.init_from:
+        params, newly_initialised = init_from.initial_params(
+          state.params, trainer.state_shardings.params, config.init_from, trainer.vocab
+        )
+        state = state.replace(params=params)
+        logging.info(
+          "initialised from %s; newly initialised: %s", config.init_from, newly_initialised
+        )
+    else:
+      try:
+        state, data_state = checkpointer.restore(
+          latest, trainer.abstract_state, trainer.state_shardings
+        )
+      except checkpoints.IncompatibleCheckpointError as error:
+        raise checkpoints.IncompatibleCheckpointError(
+          f"{error}\n{_what_to_change(workdir, config)}"
+        ) from None
+      # Absent from checkpoints written before updates could be skipped.
+      consecutive_skips = data_state.pop(_CONSECUTIVE_SKIPS, 0)
+      logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
+    step = int(jax.device_get(state.step))
+    write_config(config, workdir)
 
-  # ---- Loop ------------------------------------------------------------------------
-  logger = metrics.MetricsLogger(
-    workdir, total_steps=config.total_steps, log_every=config.log_every, is_primary=is_primary
-  )
-  logger.truncate_after(step)
-  monitor = nonfinite.Monitor(config.nonfinite, config.max_consecutive_skips, consecutive_skips)
-  batches = stream.batches(data_state["position"])
-  pending = None  # (step, device metrics, data position) of a step, read one step late
-  preemption = preemption_lib.PreemptionWatch()
-  try:
-    with sharding.activate(mesh):
+    monitor = nonfinite.Monitor(config.nonfinite, config.max_consecutive_skips, consecutive_skips)
+    pending = None  # (step, device metrics, data position) of a step, read one step late
+    with (
+      metrics.MetricsLogger(
+        workdir, total_steps=config.total_steps, log_every=config.log_every, is_primary=is_primary
+      ) as logger,
+      preemption_lib.PreemptionWatch() as preemption,
+      stream.batches(data_state["position"]) as batches,
+      sharding.activate(mesh),
+    ):
+      logger.truncate_after(step)
       while step < config.total_steps:
         host_batch, data_state = next(batches)
         batch = sharding.global_batch(host_batch, mesh)
@@ -142,16 +146,6 @@ def train(
           break
       if pending is not None:
         _log(logger, monitor, checkpointer, *pending)
-  except FloatingPointError:
-    # Every process stops at the same step: let the last good checkpoint's save finish.
-    checkpointer.wait()
-    checkpointer.close()
-    raise
-  finally:
-    preemption.close()
-    logger.close()
-  checkpointer.wait()
-  checkpointer.close()
 
 
 def check_processes_hold_own_batch_shards(mesh: jax.sharding.Mesh) -> None:

@@ -12,6 +12,7 @@ import time
 
 from absl import logging
 import numpy as np
+import tensorboardX
 
 # Sums divided by the number of masked frames when reported.
 _PER_MASKED_FRAME = (
@@ -99,12 +100,8 @@ class MetricsLogger:
     self._log_every = log_every
     self._is_primary = is_primary
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    # TensorFlow only for the TensorBoard writer: `summarize` and `progress_line` also
-    # serve accelerator machines without it (benchmarks/pretrain_demo_numpy.py).
-    import tensorflow as tf
-
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(workdir) if is_primary else None
+    # tensorboardX writes TensorBoard's event files without TensorFlow.
+    self._writer = tensorboardX.SummaryWriter(workdir) if is_primary else None
     self._sums: dict[str, float] = {}
     self._steps = 0
     self._start = time.perf_counter()
@@ -139,9 +136,8 @@ class MetricsLogger:
     logging.info("%s", progress_line(step, self._total_steps, summary))
     if not self._is_primary:
       return
-    with self._writer.as_default(step=step):
-      for name, value in summary.items():
-        self._tf.summary.scalar(f"train/{name}", value)
+    for name, value in summary.items():
+      self._writer.add_scalar(f"train/{name}", value, step)
     self._writer.flush()
     with open(self._jsonl_path, "a") as f:
       f.write(json.dumps({"step": step, "data_position": data_position, **summary}) + "\n")
@@ -149,3 +145,9 @@ class MetricsLogger:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+  def __enter__(self) -> "MetricsLogger":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

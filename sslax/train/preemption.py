@@ -40,3 +40,9 @@ class PreemptionWatch:
     """Restores the SIGTERM handler this watch replaced."""
     if not self._multi_process:
       signal.signal(signal.SIGTERM, self._previous)
+
+  def __enter__(self) -> "PreemptionWatch":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from sslax.clustering import kmeans
-from sslax.data import pipeline
+from sslax.data import splits
 from sslax.train import loop, sharding
 from sslax.units import shards, sources
 
@@ -85,21 +85,19 @@ def shard_ranges(num_examples: int, examples_per_shard: int) -> list[range]:
 
 
 def read_examples(source, audio_key, data, indices, pool, where) -> tuple[list, list]:
-  """(keys, f32[S] waveforms in [-1, 1]) of examples `indices`; errors name `where`."""
+  """(keys, f32[S] waveforms in [-1, 1]) of examples `indices` of a
+  `records.PreparedSplit` (stored samples or encoded audio); errors name `where`."""
 
   def read(index):
+    index = int(index)
+    samples = splits.read_audio(source, index, audio_key, f"{data.name}:{data.split} ({where})")
     try:
-      example = source[int(index)]
-      samples = np.asarray(example[audio_key])
-      key = example[data.key_feature]
+      key = source.get(index, data.key_feature)
     except Exception as error:
       raise RuntimeError(
         f"cannot read example {index} of {data.name}:{data.split} ({where})"
       ) from error
-    if np.issubdtype(samples.dtype, np.integer):
-      samples = samples.astype(np.float32) / 32768.0
-    key = key.decode() if isinstance(key, bytes) else str(key)
-    return key, samples.astype(np.float32).reshape(-1)
+    return key.decode() if isinstance(key, bytes) else str(key), samples
 
   pairs = list(pool.map(read, indices))
   return [k for k, _ in pairs], [w for _, w in pairs]
@@ -225,81 +223,81 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   # ---- Mesh, data, features ---------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
-  builder, audio_key = pipeline.open_split(
+  data_source, audio_key = splits.open_split(
     config.data.name, config.data.split, config.data.data_dir
   )
-  if config.data.key_feature not in builder.info.features:
+  if config.data.key_feature not in data_source.features:
     raise ValueError(
       f"config.data.key_feature={config.data.key_feature!r} is not a feature of "
-      f"{config.data.name}: {sorted(builder.info.features)}"
+      f"{config.data.name}: {sorted(data_source.features)}"
     )
-  data_source = builder.as_data_source(split=config.data.split)
   shard_list = shard_ranges(len(data_source), config.units.examples_per_shard)
   mine = list(range(jax.process_index(), len(shard_list), jax.process_count()))
   source = sources.make(config.features)
   settings = _settings(config, source, len(data_source))
-  pool = concurrent.futures.ThreadPoolExecutor(config.data.read_threads)
-
-  # ---- Centroids: fit, or keep those of an earlier run ---------------------------------
-  centroids_path = os.path.join(units_dir, shards.CENTROIDS_FILE)
-  kmeans_path = os.path.join(units_dir, shards.KMEANS_FILE)
-  if os.path.exists(kmeans_path):
-    _check_resumable(kmeans_path, settings)
-    logging.info("resuming with the centroids in %s", centroids_path)
-  else:
-    fitted = _fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool)
-    if is_primary:
-      shards.write_npy(centroids_path, fitted["centroids"])
-      record = dict(
-        settings=settings,
-        centroids_sha256=shards.file_sha256(centroids_path),
-        **fitted["record"],
+  # The readers' threads end on every exit path (an error cancels the reads not started).
+  with concurrent.futures.ThreadPoolExecutor(config.data.read_threads) as pool:
+    # ---- Centroids: fit, or keep those of an earlier run ---------------------------------
+    centroids_path = os.path.join(units_dir, shards.CENTROIDS_FILE)
+    kmeans_path = os.path.join(units_dir, shards.KMEANS_FILE)
+    if os.path.exists(kmeans_path):
+      _check_resumable(kmeans_path, settings)
+      logging.info("resuming with the centroids in %s", centroids_path)
+    else:
+      fitted = _fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool)
+      if is_primary:
+        shards.write_npy(centroids_path, fitted["centroids"])
+        record = dict(
+          settings=settings,
+          centroids_sha256=shards.file_sha256(centroids_path),
+          **fitted["record"],
+        )
+        shards.write_json(kmeans_path, record)  # last: its existence marks a finished fit
+    multihost_utils.sync_global_devices("k-means centroids written")
+    centroids_sha256 = shards.file_sha256(centroids_path)
+    with open(kmeans_path) as f:
+      fit_record = json.load(f)
+    if fit_record["centroids_sha256"] != centroids_sha256:
+      raise ValueError(f"{centroids_path} is not the file {kmeans_path} records (sha256 differs)")
+    centroids_KxD = np.load(centroids_path)
+    expected = (config.kmeans.num_clusters, source.dim)
+    if centroids_KxD.shape != expected:
+      raise ValueError(
+        f"{centroids_path} holds {centroids_KxD.shape} centroids; expected {expected}"
       )
-      shards.write_json(kmeans_path, record)  # last: its existence marks a finished fit
-  multihost_utils.sync_global_devices("k-means centroids written")
-  centroids_sha256 = shards.file_sha256(centroids_path)
-  with open(kmeans_path) as f:
-    fit_record = json.load(f)
-  if fit_record["centroids_sha256"] != centroids_sha256:
-    raise ValueError(f"{centroids_path} is not the file {kmeans_path} records (sha256 differs)")
-  centroids_KxD = np.load(centroids_path)
-  expected = (config.kmeans.num_clusters, source.dim)
-  if centroids_KxD.shape != expected:
-    raise ValueError(f"{centroids_path} holds {centroids_KxD.shape} centroids; expected {expected}")
-  centroids_on_device = jax.device_put(centroids_KxD, jax.local_devices()[0])
+    centroids_on_device = jax.device_put(centroids_KxD, jax.local_devices()[0])
 
-  # ---- Assignment: one shard at a time, skipping complete ones -------------------------
-  skipped = 0
-  for index in mine:
-    path = os.path.join(units_dir, shards.shard_name(index, len(shard_list)))
-    if os.path.exists(path):
-      kept = shards.read_shard(path)
-      if str(kept["centroids_sha256"]) != centroids_sha256:
-        raise ValueError(
-          f"units shard {path} was assigned with other centroids than {centroids_path}; "
-          "delete the shard to assign it again"
-        )
-      if len(kept["keys"]) != len(shard_list[index]):
-        raise ValueError(
-          f"units shard {path} holds {len(kept['keys'])} examples; shard {index} of "
-          f"{config.data.name}:{config.data.split} has {len(shard_list[index])}"
-        )
-      skipped += 1
-      continue
-    keys, waveforms = read_examples(
-      data_source, audio_key, config.data, shard_list[index], pool, f"units shard {path}"
-    )
-    units = assign_units(source(waveforms), centroids_on_device)
-    shards.write_shard(
-      path,
-      keys,
-      units,
-      num_clusters=config.kmeans.num_clusters,
-      centroids_sha256=centroids_sha256,
-    )
-    logging.info("wrote %s: %d examples, %d frames", path, len(keys), sum(map(len, units)))
-  logging.info("%d shards of this process were already complete", skipped)
-  pool.shutdown()
+    # ---- Assignment: one shard at a time, skipping complete ones -------------------------
+    skipped = 0
+    for index in mine:
+      path = os.path.join(units_dir, shards.shard_name(index, len(shard_list)))
+      if os.path.exists(path):
+        kept = shards.read_shard(path)
+        if str(kept["centroids_sha256"]) != centroids_sha256:
+          raise ValueError(
+            f"units shard {path} was assigned with other centroids than {centroids_path}; "
+            "delete the shard to assign it again"
+          )
+        if len(kept["keys"]) != len(shard_list[index]):
+          raise ValueError(
+            f"units shard {path} holds {len(kept['keys'])} examples; shard {index} of "
+            f"{config.data.name}:{config.data.split} has {len(shard_list[index])}"
+          )
+        skipped += 1
+        continue
+      keys, waveforms = read_examples(
+        data_source, audio_key, config.data, shard_list[index], pool, f"units shard {path}"
+      )
+      units = assign_units(source(waveforms), centroids_on_device)
+      shards.write_shard(
+        path,
+        keys,
+        units,
+        num_clusters=config.kmeans.num_clusters,
+        centroids_sha256=centroids_sha256,
+      )
+      logging.info("wrote %s: %d examples, %d frames", path, len(keys), sum(map(len, units)))
+    logging.info("%d shards of this process were already complete", skipped)
 
   # ---- Manifest ----------------------------------------------------------------------
   multihost_utils.sync_global_devices("unit shards written")

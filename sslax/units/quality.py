@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sslax.data import pipeline
+from sslax.data import decode, splits
 from sslax.units import job, shards, sources
 
 SILENCE = "sil"
@@ -77,7 +77,7 @@ def frame_phones(spans, num_frames: int, label_rate: float) -> list[str]:
   """
   if not spans:
     return [SILENCE] * num_frames
-  hop = pipeline.SAMPLE_RATE / label_rate
+  hop = decode.SAMPLE_RATE / label_rate
   centres = np.arange(num_frames) * hop + WINDOW_SAMPLES // 2
   starts = np.asarray([s for _, s, _ in spans], np.int64)
   ends = np.asarray([e for _, _, e in spans], np.int64)
@@ -128,8 +128,7 @@ def score_units_dir(
   dataset = manifest["dataset"]
   split = split or dataset["split"]
   where = f"{dataset['name']}:{split}"
-  builder, audio_key = pipeline.open_split(dataset["name"], split, data_dir)
-  source = builder.as_data_source(split=split)
+  source, audio_key = splits.open_split(dataset["name"], split, data_dir)
   rate = manifest["label_rate_hz"]
   tally = Tally(manifest["num_clusters"])
   if split == dataset["split"]:
