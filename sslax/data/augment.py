@@ -17,6 +17,7 @@ import dataclasses
 
 import librosa
 import numpy as np
+import scipy.fft
 
 SAMPLE_RATE = 16_000  # Hz
 COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # exponent of 1/f in the power spectrum
@@ -73,15 +74,21 @@ class AugmentConfig:
 
 
 def coloured_noise(rng: np.random.Generator, num_samples: int, colour: str) -> np.ndarray:
-  """f32[num_samples] zero-mean, unit-variance noise whose power falls as 1/f^exponent."""
+  """f32[num_samples] zero-mean, unit-variance noise whose power falls as 1/f^exponent.
+
+  Drawn at scipy's next fast FFT length >= num_samples and cut to num_samples (an FFT of
+  an arbitrary length, e.g. a prime, is several times slower), in single precision.
+  """
   exponent = COLOURS[colour]
-  spectrum = rng.normal(size=num_samples // 2 + 1) + 1j * rng.normal(size=num_samples // 2 + 1)
-  frequencies = np.fft.rfftfreq(num_samples)
-  frequencies[0] = frequencies[1] if num_samples > 1 else 1.0  # no infinite DC gain
-  spectrum *= frequencies ** (-exponent / 2)
-  noise = np.fft.irfft(spectrum, n=num_samples)
+  size = scipy.fft.next_fast_len(max(num_samples, 2), real=True)
+  bins = size // 2 + 1
+  spectrum = rng.standard_normal(2 * bins, dtype=np.float32).view(np.complex64)
+  frequencies = np.fft.rfftfreq(size).astype(np.float32)
+  frequencies[0] = frequencies[1]  # no infinite DC gain
+  spectrum *= frequencies ** np.float32(-exponent / 2)
+  noise = scipy.fft.irfft(spectrum, n=size)[:num_samples]
   noise -= noise.mean()
-  return (noise / max(noise.std(), 1e-12)).astype(np.float32)
+  return (noise / max(float(noise.std()), 1e-12)).astype(np.float32)
 
 
 def add_noise(
@@ -109,9 +116,11 @@ def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
   f32[speed_length(n, factor)]."""
   if factor == 1.0:
     return audio
-  # Resampling from rate*factor to rate keeps the samples but plays them faster.
+  # Resampling from rate*factor to rate keeps the samples but plays them faster. The rate is
+  # rounded to a whole Hz: soxr on a ratio of non-integers (16000 * 0.9 = 14400.000000000002)
+  # builds a filter bank for it and runs about 80 times slower.
   out = librosa.resample(
-    audio, orig_sr=SAMPLE_RATE * factor, target_sr=SAMPLE_RATE, res_type="soxr_hq"
+    audio, orig_sr=round(SAMPLE_RATE * factor), target_sr=SAMPLE_RATE, res_type="soxr_hq"
   )
   # soxr's length can differ from round(n / factor) by a sample; the pipeline relies on it.
   out = librosa.util.fix_length(out, size=speed_length(audio.size, factor))
