@@ -95,7 +95,6 @@ class Batches:
       mask_prob=self._mask.mask_prob,
       mask_length=self._mask.mask_length,
       min_masks=self._mask.min_masks,
-      require_same_masks=self._mask.require_same_masks,
     )
     return {"audio": audio, "audio_paddings": paddings, "mask": mask}
 

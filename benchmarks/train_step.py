@@ -70,7 +70,6 @@ def synthetic_batch(config) -> dict[str, np.ndarray]:
     mask_prob=config.masking.mask_prob,
     mask_length=config.masking.mask_length,
     min_masks=config.masking.min_masks,
-    require_same_masks=config.masking.require_same_masks,
   )
   audio = rng.normal(size=(b, S)).astype(np.float32) * 0.1
   return {"audio": audio, "audio_paddings": np.zeros((b, S), np.float32), "mask": mask}

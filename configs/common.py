@@ -116,7 +116,6 @@ def pretrain_config() -> ml_collections.ConfigDict:
       mask_prob=0.65,  # expected share of frames that start a span, times mask_length
       mask_length=10,  # span length (frames)
       min_masks=2,  # at least this many spans per utterance
-      require_same_masks=True,  # equalise masked-frame counts within a batch, as fairseq
     )
   )
 

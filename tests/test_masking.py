@@ -85,7 +85,7 @@ def test_short_utterance_coverage_matches_exact(valid):
 def test_padding_never_masked():
   rng = np.random.default_rng(1)
   valid_B = rng.integers(0, 400, size=64)
-  mask_BxF = masking.batch_span_masks(rng, 400, valid_B, **BASE, require_same_masks=False)
+  mask_BxF = masking.batch_span_masks(rng, 400, valid_B, **BASE)
   assert mask_BxF.shape == (64, 400) and mask_BxF.dtype == bool
   for row, valid in enumerate(valid_B):
     assert not mask_BxF[row, valid:].any()
@@ -122,33 +122,10 @@ def test_min_masks_respected():
     assert masking.span_mask(rng, 20, 15, **BASE).sum() >= 10
 
 
-def test_require_same_masks_only_drops_frames():
-  valid_B = np.array([780, 600, 300, 120, 780, 50])
-  unequal_BxF = masking.batch_span_masks(
-    np.random.default_rng(5), 800, valid_B, **BASE, require_same_masks=False
-  )
-  equal_BxF = masking.batch_span_masks(
-    np.random.default_rng(5), 800, valid_B, **BASE, require_same_masks=True
-  )
-  counts_B = equal_BxF.sum(axis=1)
-  assert np.all(counts_B == unequal_BxF.sum(axis=1).min())
-  assert not np.any(equal_BxF & ~unequal_BxF)
-
-
-def test_equalize_mask_counts_is_uniform_subset():
-  # Every masked frame of the fuller row survives with the same probability 2/5.
-  mask_BxF = np.array([[1, 1, 1, 1, 1, 0], [0, 1, 0, 1, 0, 0]], dtype=bool)
-  rng = np.random.default_rng(6)
-  kept = np.stack([masking.equalize_mask_counts(rng, mask_BxF)[0] for _ in range(5000)])
-  assert np.all(kept.sum(axis=1) == 2)
-  np.testing.assert_allclose(kept[:, :5].mean(axis=0), 0.4, atol=4 * np.sqrt(0.24 / 5000))
-  assert not kept[:, 5].any()
-
-
 def test_deterministic_given_seed():
   valid_B = np.array([500, 321, 77])
   draw = lambda seed: masking.batch_span_masks(  # noqa: E731
-    np.random.default_rng(seed), 512, valid_B, **BASE, require_same_masks=True
+    np.random.default_rng(seed), 512, valid_B, **BASE
   )
   np.testing.assert_array_equal(draw(7), draw(7))
   assert np.any(draw(7) != draw(8))
@@ -168,11 +145,9 @@ def test_edge_lengths(valid, min_masks):
 
 def test_zero_length_and_empty_batches():
   rng = np.random.default_rng(9)
-  mask_BxF = masking.batch_span_masks(
-    rng, 30, np.array([0, 25, 0]), **BASE, require_same_masks=True
-  )
+  mask_BxF = masking.batch_span_masks(rng, 30, np.array([0, 25, 0]), **BASE)
   assert not mask_BxF.any()
-  empty = masking.batch_span_masks(rng, 30, np.zeros(0, int), **BASE, require_same_masks=True)
+  empty = masking.batch_span_masks(rng, 30, np.zeros(0, int), **BASE)
   assert empty.shape == (0, 30)
 
 

@@ -34,7 +34,6 @@ def synthetic_batch(config, seed=0):
     mask_prob=config.masking.mask_prob,
     mask_length=config.masking.mask_length,
     min_masks=config.masking.min_masks,
-    require_same_masks=config.masking.require_same_masks,
   )
   return {"audio": audio, "audio_paddings": paddings, "mask": mask}
 

@@ -186,7 +186,6 @@ class FinetuningStream(pretraining_stream.PretrainingStream):
       mask_prob=self._mask.mask_channel_prob,
       mask_length=self._mask.mask_channel_length,
       min_masks=0,
-      require_same_masks=True,
     )
 
   def host_batch(self, batch: int) -> dict[str, np.ndarray]:

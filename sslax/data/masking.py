@@ -8,6 +8,18 @@ the frames of a long utterance end up masked (wav2vec 2.0 paper, section 4.2), n
 The random draws are made in fairseq's order (`rng.random()` for the span count, then
 `rng.choice` for the starts), so one row drawn from `np.random.default_rng(seed)` equals
 fairseq's row for that seed.
+
+Each row keeps the masks drawn for its own length: there is no `require_same_masks`.
+fairseq equalises the masked counts of a batch (drops frames down to the sparsest row's
+count) only because its negative sampler gathers every row's masked frames into one dense
+[B, M] tensor; sslax's sampler draws each row's distractors from that row's own masked
+frames and needs no equal counts. Equalising would make a row's share depend on the batch
+around it: across a padded global batch the shortest row set every row's count (one 2 s
+utterance among 384 full 15.6 s crops left each 5.8 % masked instead of 49 %), and even
+among rows of one length the share falls with their number (781 frames, p 0.65, length 10:
+49.0 % alone, 45.7 % among 8, 42.1 % among 384), so it would change with the global batch
+size, the processes and the buckets. Without it a row's masked share is what fairseq's
+algorithm gives a row of its length, at any batch layout.
 """
 
 import numpy as np
@@ -64,31 +76,6 @@ def span_mask(
   return mask_F
 
 
-def equalize_mask_counts(rng: np.random.Generator, mask_BxF: np.ndarray) -> np.ndarray:
-  """Unmasks random frames so every row keeps as many masked frames as the sparsest row.
-
-  fairseq's `require_same_masks`: its negative sampler gathers masked frames into a dense
-  [B, M, D] tensor, which needs the same M per row. Our sampler does not, but keeping the
-  behaviour keeps the share of masked frames (and so the loss) comparable to fairseq.
-
-  Args:
-    rng: numpy generator; one `choice` per row that has more than the minimum.
-    mask_BxF: bool[B, F] masks.
-
-  Returns:
-    bool[B, F]: a subset of `mask_BxF` (frames are only dropped) with equal row counts.
-  """
-  counts_B = mask_BxF.sum(axis=1)
-  target = int(counts_B.min()) if len(counts_B) else 0
-  out_BxF = mask_BxF.copy()
-  for row, count in enumerate(counts_B):
-    if count > target:
-      kept = rng.choice(np.flatnonzero(mask_BxF[row]), target, replace=False)
-      out_BxF[row] = False
-      out_BxF[row, kept] = True
-  return out_BxF
-
-
 def batch_span_masks(
   rng: np.random.Generator,
   num_frames: int,
@@ -97,7 +84,6 @@ def batch_span_masks(
   mask_prob: float,
   mask_length: int,
   min_masks: int,
-  require_same_masks: bool,
 ) -> np.ndarray:
   """Span masks for a padded batch (fairseq `compute_mask_indices` with a padding mask).
 
@@ -106,8 +92,6 @@ def batch_span_masks(
     num_frames: padded length F (frames).
     valid_frames_B: int[B] unpadded lengths (frames).
     mask_prob, mask_length, min_masks: as in `span_mask`.
-    require_same_masks: equalise the masked-frame counts of the rows
-      (`equalize_mask_counts`).
 
   Returns:
     bool[B, num_frames], True where masked; padding frames are never masked.
@@ -122,6 +106,4 @@ def batch_span_masks(
       mask_length=mask_length,
       min_masks=min_masks,
     )
-  if require_same_masks:
-    mask_BxF = equalize_mask_counts(rng, mask_BxF)
   return mask_BxF

@@ -199,7 +199,6 @@ class Schedule:
       mask_prob=self._mask.mask_prob,
       mask_length=self._mask.mask_length,
       min_masks=self._mask.min_masks,
-      require_same_masks=self._mask.require_same_masks,
     )
 
 
