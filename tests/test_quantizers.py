@@ -71,38 +71,56 @@ def test_training_picks_one_codevector_per_group_and_passes_gradients():
   assert np.all(row_grads[~picked] == 0) and np.all(row_grads[picked] > 0)
 
 
-def _perplexity_reference(probs_NxGxV, weights_N):
-  mean = (probs_NxGxV * weights_N[:, None, None]).sum(0) / weights_N.sum()
+def _perplexity_reference(probs_NxGxV):
+  """fairseq GumbelVectorQuantizer: sum over groups of exp(entropy of the frames' mean)."""
+  mean = probs_NxGxV.mean(0)
   return np.exp(-(mean * np.log(mean + 1e-7)).sum(-1)).sum()
 
 
-def test_perplexities_match_numpy_over_weighted_frames():
-  x_BxTxC = np.random.default_rng(5).normal(size=(3, 6, 4)).astype(np.float32)
+def test_codeword_sums_and_perplexities_match_numpy_over_weighted_frames():
+  x_BxTxC = np.random.default_rng(5).normal(size=(4, 6, 4)).astype(np.float32)
   params = nn.unbox(_init(x_BxTxC))["params"]
   # Smaller logits so the softmax is not one-hot and the two perplexities differ.
   params["logits"] = {"kernel": params["logits"]["kernel"] * 0.2, "bias": params["logits"]["bias"]}
-  weights_BxT = (np.random.default_rng(6).uniform(size=(3, 6)) < 0.5).astype(np.float32)
+  weights_BxT = (np.random.default_rng(6).uniform(size=(4, 6)) < 0.5).astype(np.float32)
   out = _quantizer().apply(
     {"params": params}, x_BxTxC, weights_BxT, deterministic=True, temperature=2.0
   )
 
   w = {k: np.asarray(v, np.float64) for k, v in params["logits"].items()}
-  logits = (x_BxTxC.astype(np.float64) @ w["kernel"] + w["bias"]).reshape(-1, GROUPS, VARS)
+  logits = (x_BxTxC.astype(np.float64) @ w["kernel"] + w["bias"]).reshape(4, 6, GROUPS, VARS)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   hard = np.eye(VARS)[logits.argmax(-1)]
-  weights_N = weights_BxT.reshape(-1).astype(np.float64)
-  np.testing.assert_allclose(
-    out.prob_perplexity, _perplexity_reference(probs, weights_N), rtol=1e-5
-  )
-  np.testing.assert_allclose(out.code_perplexity, _perplexity_reference(hard, weights_N), rtol=1e-5)
-  assert abs(float(out.prob_perplexity) - float(out.code_perplexity)) > 0.1
+  counted = weights_BxT > 0
+  np.testing.assert_array_equal(out.counted_frames, counted.sum(1))
+  for b in range(4):
+    np.testing.assert_allclose(out.prob_sums[b], probs[b][counted[b]].sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out.code_counts[b], hard[b][counted[b]].sum(0))
+
+  # Perplexities of sets of rows (data-parallel shards): rows {0, 1} and {2, 3}, each
+  # over its own counted frames, gathered as fairseq gathers the masked frames.
+  shard_sums = lambda x: np.asarray(x).reshape(2, 2, *np.shape(x)[1:]).sum(1)  # noqa: E731
+  frames = shard_sums(out.counted_frames)
+  prob_ppl = quantizers.perplexity(shard_sums(out.prob_sums), frames)
+  code_ppl = quantizers.perplexity(shard_sums(out.code_counts), frames)
+  for s, rows in enumerate((slice(0, 2), slice(2, 4))):
+    gathered = counted[rows]
+    expected_prob = _perplexity_reference(probs[rows][gathered])
+    expected_code = _perplexity_reference(hard[rows][gathered])
+    np.testing.assert_allclose(prob_ppl[s], expected_prob, rtol=1e-5)
+    np.testing.assert_allclose(code_ppl[s], expected_code, rtol=1e-5)
+    assert abs(expected_prob - expected_code) > 0.1
+  # A set without frames has the perplexity of an all-zero mean: exp(0) per group.
+  np.testing.assert_allclose(quantizers.perplexity(jnp.zeros((1, GROUPS, VARS)), jnp.zeros(1)), 2)
+
   # Frames of weight 0 do not count.
   changed = np.where(weights_BxT[..., None] > 0, x_BxTxC, 50.0)
   again = _quantizer().apply(
     {"params": params}, changed, weights_BxT, deterministic=True, temperature=2.0
   )
-  np.testing.assert_allclose(again.prob_perplexity, out.prob_perplexity, rtol=1e-6)
+  np.testing.assert_allclose(again.prob_sums, out.prob_sums, rtol=1e-6)
+  np.testing.assert_array_equal(again.code_counts, out.code_counts)
 
 
 def test_codes_depend_on_input_with_unit_normal_logit_init():
@@ -157,4 +175,4 @@ def test_logical_names_and_dtypes():
     rngs={"gumbel": jax.random.key(0)},
   )
   assert out.quantized.dtype == jnp.bfloat16
-  assert out.prob_perplexity.dtype == jnp.float32
+  assert out.prob_sums.dtype == jnp.float32 and out.code_counts.dtype == jnp.float32
