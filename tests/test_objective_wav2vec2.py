@@ -33,13 +33,19 @@ class Outputs(typing.NamedTuple):
 
 
 def _reference_contrastive(projected, targets, mask, negatives, temp=TEMP):
-  """float64 loops: (loss_sum, correct, count) as fairseq's criterion computes them."""
+  """float64 loops: (loss_sum, correct, count) as fairseq's criterion computes them.
+
+  Each row is one fairseq utterance, whose masked frames are gathered (tsz of them) and
+  whose distractors are drawn among them. fairseq's `sample_negatives` asserts
+  `high = tsz > 1`: an utterance with fewer than 2 masked frames has no defined loss
+  and raises here as there.
+  """
   projected = np.asarray(projected, np.float64)
   targets = np.asarray(targets, np.float64)
   loss_sum, correct, count = 0.0, 0, 0
   for b in range(mask.shape[0]):
-    if mask[b].sum() < 2:  # no distractor exists; left out by design
-      continue
+    high = mask[b].sum()
+    assert high > 1, f"fairseq's sample_negatives: high = {high} masked frames in row {b}"
     for f in np.flatnonzero(mask[b]):
       x = projected[b, f]
       candidates = [targets[b, f]] + [targets[b, n] for n in negatives[b, f]]
@@ -254,9 +260,17 @@ def test_rows_with_zero_or_one_masked_frame():
   )
   assert np.isfinite(float(loss_sum)) and int(count) == 6
   assert all(np.all(np.isfinite(g)) for g in grads)
-  ref_loss, ref_correct, _ = _reference_contrastive(projected, targets, mask, np.asarray(negatives))
+  # fairseq has no loss for such a batch: sample_negatives asserts high > 1.
+  with pytest.raises(AssertionError, match="high = 1"):
+    _reference_contrastive(projected, targets, mask, np.asarray(negatives))
+  # sslax leaves those rows out (documented in contrastive_loss): the loss is fairseq's on
+  # the batch without them, and their frames get no gradient.
+  ref_loss, ref_correct, ref_count = _reference_contrastive(
+    projected[:1], targets[:1], mask[:1], np.asarray(negatives)[:1]
+  )
   np.testing.assert_allclose(float(loss_sum), ref_loss, rtol=1e-5)
-  assert int(correct) == ref_correct
+  assert (int(correct), int(count)) == (ref_correct, ref_count)
+  assert np.all(np.asarray(grads[0])[1:] == 0)
 
   empty = np.zeros_like(mask)
   loss_sum, correct, count = _jax_contrastive(projected, targets, empty, negatives)
