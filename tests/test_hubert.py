@@ -97,26 +97,68 @@ def test_backbone_parameters_are_wav2vec2s():
   assert backbone == {p: s for p, s in wav2vec2_shapes.items() if p not in wav2vec2_head}
 
 
-def test_loss_trains_head_and_backbone():
-  """The objective on the model's output: finite, and every parameter gets a gradient."""
-  model_config = common.hubert_model(**SMALL, num_classes=(5, 7), layerdrop=0.0)
+def _fairseq_masked_loss(encoded_BxFxD, kernel, bias, label_embs, num_classes, selected, units):
+  """fairseq's HuBERT masked-prediction loss in float64, summed (not yet / sample_size).
+
+  `fairseq/models/hubert/hubert.py`: final_proj of the encoder output at masked, unpadded
+  frames (`x[masked_indices]`), chunked per label set (untie_final_proj); `compute_nce`
+  logits cos(proj, [embedding of the frame's cluster, every cluster's embedding]) / 0.1
+  with a negative equal to the positive at -inf; `hubert_criterion`: cross-entropy
+  against index 0, summed over frames and label sets (pred_masked_weight 1).
+  """
+  x_NxD = encoded_BxFxD[selected]
+  projected_NxW = x_NxD @ kernel + bias
+  starts = np.cumsum(num_classes)[:-1]
+  total = 0.0
+  for i, (projected_NxP, embs_KxP) in enumerate(
+    zip(
+      np.split(projected_NxW, len(num_classes), axis=-1),
+      np.split(label_embs, starts),
+      strict=True,
+    )
+  ):
+    labels_N = units[i][selected]
+    unit_p = projected_NxP / np.maximum(np.linalg.norm(projected_NxP, axis=-1, keepdims=True), 1e-8)
+    unit_e = embs_KxP / np.maximum(np.linalg.norm(embs_KxP, axis=-1, keepdims=True), 1e-8)
+    cosine_NxK = unit_p @ unit_e.T / 0.1
+    positive_N = cosine_NxK[np.arange(len(labels_N)), labels_N]
+    neg_is_pos_NxK = np.all(embs_KxP[None, :, :] == embs_KxP[labels_N][:, None, :], axis=-1)
+    negatives_NxK = np.where(neg_is_pos_NxK, -np.inf, cosine_NxK)
+    logits_NxC = np.concatenate([positive_N[:, None], negatives_NxK], axis=1)
+    top_N = logits_NxC.max(-1)
+    lse_N = top_N + np.log(np.exp(logits_NxC - top_N[:, None]).sum(-1))
+    total += np.sum(lse_N - positive_N)
+  return total
+
+
+def test_loss_and_head_gradients_match_fairseq_reference():
+  """The objective on the model's output against fairseq's loss in float64 from the
+  encoder output; head gradients against its central differences (h = 1e-5), loss to
+  rtol 1e-5, gradients to rtol 1e-4 plus atol 1e-5 · max|gradient|; the backbone gets a
+  finite, non-zero gradient everywhere."""
+  num_classes = (5, 7)
+  no_dropout = dict(dropout=0.0, attention_dropout=0.0, dropout_input=0.0, layerdrop=0.0)
+  model_config = common.hubert_model(**SMALL, num_classes=num_classes, **no_dropout)
   params = checkpoint.init_params(model_config, seed=2)
   audio_BxS, paddings_BxS, mask_BxF = _batch()
   rng = np.random.default_rng(1)
-  units = [rng.integers(0, k, size=mask_BxF.shape) for k in (5, 7)]
+  units = [rng.integers(0, k, size=mask_BxF.shape) for k in num_classes]
   model = hubert.HuBERT(**model_config)
 
-  def loss_fn(params):
-    out = model.apply(
+  def forward(params):
+    return model.apply(
       {"params": params},
       audio_BxS,
       paddings_BxS,
       mask_BxF,
       train=True,
+      return_hidden_states=True,
       rngs={"dropout": jax.random.key(0)},
     )
+
+  def loss_fn(params):
     loss, sums = objective.hubert_loss(
-      out,
+      forward(params),
       mask_BxF,
       units,
       logit_temp=0.1,
@@ -126,7 +168,40 @@ def test_loss_trains_head_and_backbone():
     )
     return loss / sums["sample_size"]
 
-  grads = jax.jit(jax.grad(loss_fn))(params)
+  out = jax.jit(forward)(params)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+  encoded = np.asarray(out.hidden_states[-1], np.float64)
+  selected = mask_BxF & (np.asarray(out.frame_paddings) == 0)
+  penalty = float(out.feature_penalty)
+  head = {
+    "kernel": np.asarray(params["final_proj"]["kernel"], np.float64),
+    "bias": np.asarray(params["final_proj"]["bias"], np.float64),
+    "label_embs": np.asarray(params["label_embs_concat"], np.float64),
+  }
+
+  def reference(**changed):
+    h = dict(head, **changed)
+    nll = _fairseq_masked_loss(
+      encoded, h["kernel"], h["bias"], h["label_embs"], num_classes, selected, units
+    )
+    sample_size = selected.sum()  # fairseq's target_m numel: masked frames of label set 0
+    return (nll + 10.0 * penalty * sample_size) / sample_size
+
+  np.testing.assert_allclose(float(loss), reference(), rtol=1e-5)
+  for name, grad in (
+    ("kernel", grads["final_proj"]["kernel"]),
+    ("bias", grads["final_proj"]["bias"]),
+    ("label_embs", grads["label_embs_concat"]),
+  ):
+    expected = np.zeros_like(head[name])
+    for i in np.ndindex(expected.shape):
+      up, down = head[name].copy(), head[name].copy()
+      up[i] += 1e-5
+      down[i] -= 1e-5
+      expected[i] = (reference(**{name: up}) - reference(**{name: down})) / 2e-5
+    atol = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=atol, err_msg=name)
+
   flat = flax.traverse_util.flatten_dict(grads, sep="/")
   assert all(np.all(np.isfinite(g)) for g in flat.values())
   assert [p for p, g in flat.items() if not np.any(np.asarray(g))] == []

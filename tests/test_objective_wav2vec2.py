@@ -7,6 +7,7 @@ differences (h = 1e-5) to rtol 1e-4 plus atol 1e-5 · max|gradient|.
 import math
 import typing
 
+import fairseq_reference
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,19 +26,26 @@ class Outputs(typing.NamedTuple):
   targets: jax.Array
   frame_paddings: jax.Array
   feature_penalty: jax.Array
-  prob_perplexity: jax.Array
-  code_perplexity: jax.Array
+  prob_sums: jax.Array
+  code_counts: jax.Array
+  quantized_frames: jax.Array
   num_codevectors: int
 
 
 def _reference_contrastive(projected, targets, mask, negatives, temp=TEMP):
-  """float64 loops: (loss_sum, correct, count) as fairseq's criterion computes them."""
+  """float64 loops: (loss_sum, correct, count) as fairseq's criterion computes them.
+
+  Each row is one fairseq utterance, whose masked frames are gathered (tsz of them) and
+  whose distractors are drawn among them. fairseq's `sample_negatives` asserts
+  `high = tsz > 1`: an utterance with fewer than 2 masked frames has no defined loss
+  and raises here as there.
+  """
   projected = np.asarray(projected, np.float64)
   targets = np.asarray(targets, np.float64)
   loss_sum, correct, count = 0.0, 0, 0
   for b in range(mask.shape[0]):
-    if mask[b].sum() < 2:  # no distractor exists; left out by design
-      continue
+    high = mask[b].sum()
+    assert high > 1, f"fairseq's sample_negatives: high = {high} masked frames in row {b}"
     for f in np.flatnonzero(mask[b]):
       x = projected[b, f]
       candidates = [targets[b, f]] + [targets[b, n] for n in negatives[b, f]]
@@ -252,9 +260,17 @@ def test_rows_with_zero_or_one_masked_frame():
   )
   assert np.isfinite(float(loss_sum)) and int(count) == 6
   assert all(np.all(np.isfinite(g)) for g in grads)
-  ref_loss, ref_correct, _ = _reference_contrastive(projected, targets, mask, np.asarray(negatives))
+  # fairseq has no loss for such a batch: sample_negatives asserts high > 1.
+  with pytest.raises(AssertionError, match="high = 1"):
+    _reference_contrastive(projected, targets, mask, np.asarray(negatives))
+  # sslax leaves those rows out (documented in contrastive_loss): the loss is fairseq's on
+  # the batch without them, and their frames get no gradient.
+  ref_loss, ref_correct, ref_count = _reference_contrastive(
+    projected[:1], targets[:1], mask[:1], np.asarray(negatives)[:1]
+  )
   np.testing.assert_allclose(float(loss_sum), ref_loss, rtol=1e-5)
-  assert int(correct) == ref_correct
+  assert (int(correct), int(count)) == (ref_correct, ref_count)
+  assert np.all(np.asarray(grads[0])[1:] == 0)
 
   empty = np.zeros_like(mask)
   loss_sum, correct, count = _jax_contrastive(projected, targets, empty, negatives)
@@ -276,42 +292,87 @@ def test_low_precision_inputs_computed_in_float32():
   np.testing.assert_allclose(float(loss_sum), ref, rtol=1e-5)
 
 
-# Full criterion.
+# Diversity: fairseq's per-GPU definition.
+
+GROUPS, VARS = 2, 8
+GV = GROUPS * VARS
 
 
-def _outputs(projected, targets, *, penalty=0.37, prob_ppl=411.0, code_ppl=398.0, gv=640):
+def _codeword_sums(logits_BxFxGxV, mask_BxF, paddings_BxF):
+  """What the quantizer returns for these logits: per-row sums over masked, unpadded frames."""
+  weights_BxF = jnp.asarray(mask_BxF & (paddings_BxF == 0), jnp.float32)
+  logits_BxFxGxV = jnp.asarray(logits_BxFxGxV, jnp.float32)
+  hard = jax.nn.one_hot(jnp.argmax(logits_BxFxGxV, -1), VARS)
+  per_row = lambda x: jnp.sum(x * weights_BxF[:, :, None, None], axis=1)  # noqa: E731
+  return per_row(jax.nn.softmax(logits_BxFxGxV, -1)), per_row(hard), weights_BxF.sum(1)
+
+
+def _diversity_case(seed, masked_per_row=(9, 4, 2, 7, 5, 3), frames=12):
+  """A contrastive case plus codeword logits; the last two frames are padding, with
+  logits there that would dominate any mean they entered."""
+  projected, targets, mask, negatives = _random_case(seed, masked_per_row, frames)
+  paddings = np.zeros(mask.shape)
+  paddings[:, -2:] = 1.0
+  logits = np.random.default_rng(seed + 100).normal(size=(*mask.shape, GROUPS, VARS)) * 2
+  logits[:, -2:, :, 0] = 50.0
+  return projected, targets, mask, negatives, paddings, logits
+
+
+def _outputs(projected, targets, *, penalty=0.37, logits=None, mask=None, paddings=None):
+  if logits is None:
+    logits = np.zeros((*projected.shape[:2], GROUPS, VARS))
+    mask = np.zeros(projected.shape[:2], bool)
+  if paddings is None:
+    paddings = np.zeros(projected.shape[:2])
+  prob_sums, code_counts, frames = _codeword_sums(logits, mask, paddings)
   return Outputs(
     projected=jnp.asarray(projected, jnp.float32),
     targets=jnp.asarray(targets, jnp.float32),
-    frame_paddings=jnp.zeros(projected.shape[:2], jnp.float32),
+    frame_paddings=jnp.asarray(paddings, jnp.float32),
     feature_penalty=jnp.float32(penalty),
-    prob_perplexity=jnp.float32(prob_ppl),
-    code_perplexity=jnp.float32(code_ppl),
-    num_codevectors=gv,
+    prob_sums=prob_sums,
+    code_counts=code_counts,
+    quantized_frames=frames,
+    num_codevectors=GV,
   )
 
 
-def test_full_loss_and_metric_sums():
-  projected, targets, mask, negatives = _random_case(10)
+def _blocks(batch, num_shards):
+  return np.split(np.arange(batch), num_shards)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 6])
+def test_full_loss_and_metric_sums(num_shards):
+  projected, targets, mask, negatives, paddings, logits = _diversity_case(10)
   loss_fn = jax.jit(
     lambda outputs, m, n: wav2vec2.wav2vec2_loss(
-      outputs, m, n, logit_temp=TEMP, diversity_weight=0.1, feature_penalty_weight=10.0
+      outputs,
+      m,
+      n,
+      logit_temp=TEMP,
+      diversity_weight=0.1,
+      feature_penalty_weight=10.0,
+      num_shards=num_shards,
     )
   )
-  loss_sum, sums = loss_fn(_outputs(projected, targets), jnp.asarray(mask), jnp.asarray(negatives))
+  outputs = _outputs(projected, targets, logits=logits, mask=mask, paddings=paddings)
+  loss_sum, sums = loss_fn(outputs, jnp.asarray(mask), jnp.asarray(negatives))
   contrastive, correct, n = _reference_contrastive(projected, targets, mask, negatives)
-  diversity = (640 - 411.0) / 640
-  expected = contrastive + 0.1 * diversity * n + 10.0 * 0.37 * n
+  diversity, prob_ppl, code_ppl, sample_size = fairseq_reference.diversity(
+    logits, mask, paddings, _blocks(len(mask), num_shards)
+  )
+  assert sample_size == n
+  expected = contrastive + 0.1 * diversity + 10.0 * 0.37 * n
   np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-5)
   expected_sums = {
     "masked_frames": n,
     "loss": expected,
     "contrastive_loss": contrastive,
     "correct": correct,
-    "diversity_loss": diversity * n,
+    "diversity_loss": diversity,
     "feature_penalty": 0.37 * n,
-    "prob_perplexity": 411.0 * n,
-    "code_perplexity": 398.0 * n,
+    "prob_perplexity": prob_ppl,
+    "code_perplexity": code_ppl,
   }
   assert set(sums) == set(expected_sums)
   for key, value in expected_sums.items():
@@ -319,26 +380,75 @@ def test_full_loss_and_metric_sums():
     np.testing.assert_allclose(float(sums[key]), value, rtol=1e-5, err_msg=key)
 
 
-def test_full_loss_gradients():
-  projected, targets, mask, negatives = _random_case(11, (5, 2), frames=8, dim=4, negatives=3)
+def test_diversity_is_per_shard():
+  """Each shard's term depends on its own rows only: it does not change when the global
+  batch doubles with more shards of the same size, where the whole-batch perplexity does."""
+  _, _, mask, _, paddings, logits = _diversity_case(11, masked_per_row=(6, 3, 5, 4) * 2)
+  frames_B = mask.sum(1).astype(np.float32)
 
-  def loss_of(p, t, penalty, prob_ppl):
-    outputs = _outputs(p, t, penalty=0.0, prob_ppl=0.0)._replace(
-      feature_penalty=penalty, prob_perplexity=prob_ppl
+  def diversity(rows, num_shards):
+    outputs = _outputs(
+      np.zeros((len(rows), 1, 1)),
+      np.zeros((len(rows), 1, 1)),
+      logits=logits[rows],
+      mask=mask[rows],
+      paddings=paddings[rows],
     )
+    return np.asarray(
+      wav2vec2.diversity_sums(outputs, jnp.asarray(frames_B[rows]), num_shards=num_shards),
+      np.float64,
+    )
+
+  # Two shards of 2 rows, then four: the first two shards' terms are unchanged, and each
+  # is fairseq's for that GPU's rows.
+  half, whole = diversity(np.arange(4), 2), diversity(np.arange(8), 4)
+  other_half = diversity(np.arange(4, 8), 2)
+  np.testing.assert_allclose(whole, half + other_half, rtol=1e-5)
+  np.testing.assert_allclose(
+    whole, fairseq_reference.diversity(logits, mask, paddings, _blocks(8, 4))[:3], rtol=1e-5
+  )
+  # Under the whole-batch definition (one perplexity for the batch) the doubled batch's
+  # term is not the sum of its halves': the checks above would fail on it.
+  whole_batch = fairseq_reference.diversity(logits, mask, paddings, [np.arange(8)])[0]
+  halves = sum(fairseq_reference.diversity(logits, mask, paddings, [r])[0] for r in _blocks(8, 2))
+  assert abs(whole_batch - halves) > 100 * 1e-5 * abs(halves)
+  with pytest.raises(ValueError, match="num_shards=3"):
+    diversity(np.arange(8), 3)
+
+
+def test_full_loss_gradients():
+  projected, targets, mask, negatives, paddings, logits = _diversity_case(
+    12, (5, 2, 4, 3), frames=8
+  )
+  num_shards = 2
+
+  def loss_of(p, t, penalty, codeword_logits):
+    outputs = _outputs(p, t, logits=codeword_logits, mask=mask, paddings=paddings)
     return wav2vec2.wav2vec2_loss(
-      outputs, mask, negatives, logit_temp=TEMP, diversity_weight=0.1, feature_penalty_weight=10.0
+      outputs._replace(feature_penalty=penalty),
+      mask,
+      negatives,
+      logit_temp=TEMP,
+      diversity_weight=0.1,
+      feature_penalty_weight=10.0,
+      num_shards=num_shards,
     )[0]
 
   grads = jax.grad(loss_of, argnums=(0, 1, 2, 3))(
     jnp.asarray(projected, jnp.float32),
     jnp.asarray(targets, jnp.float32),
     jnp.float32(0.37),
-    jnp.float32(411.0),
+    jnp.asarray(logits, jnp.float32),
   )
   n = mask.sum()
   np.testing.assert_allclose(float(grads[2]), 10.0 * n, rtol=1e-6)
-  np.testing.assert_allclose(float(grads[3]), -0.1 * n / 640, rtol=1e-6)
+  # The diversity term's gradient w.r.t. the codeword logits, from fairseq per shard.
+  shards = _blocks(len(mask), num_shards)
+  expected_logits = _central_differences(
+    lambda x: 0.1 * fairseq_reference.diversity(x, mask, paddings, shards)[0], logits
+  )
+  _assert_grad_close(grads[3], expected_logits)
+  assert np.all(np.asarray(grads[3])[paddings == 1] == 0)
   # The extra terms do not touch projected / targets: those gradients are the InfoNCE ones.
   expected_t = _central_differences(
     lambda t: _reference_contrastive(projected, t, mask, negatives)[0], targets
@@ -346,20 +456,30 @@ def test_full_loss_gradients():
   _assert_grad_close(grads[1], expected_t)
 
 
-def test_sums_add_across_microbatches():
-  projected, targets, mask, negatives = _random_case(12, masked_per_row=(9, 4, 2, 7))
+def test_sums_add_across_microbatches_and_shards():
+  """Two shards of one batch give the sums of the two halves, each its own shard."""
+  projected, targets, mask, negatives, paddings, logits = _diversity_case(
+    13, masked_per_row=(9, 4, 2, 7)
+  )
 
-  def sums(rows):
+  def sums(rows, num_shards):
     return wav2vec2.wav2vec2_loss(
-      _outputs(projected[rows], targets[rows]),
+      _outputs(
+        projected[rows],
+        targets[rows],
+        logits=logits[rows],
+        mask=mask[rows],
+        paddings=paddings[rows],
+      ),
       mask[rows],
       negatives[rows],
       logit_temp=TEMP,
       diversity_weight=0.1,
       feature_penalty_weight=10.0,
+      num_shards=num_shards,
     )[1]
 
-  whole, first, second = sums(slice(0, 4)), sums(slice(0, 2)), sums(slice(2, 4))
+  whole, first, second = sums(slice(0, 4), 2), sums(slice(0, 2), 1), sums(slice(2, 4), 1)
   for key in whole:
     np.testing.assert_allclose(
       float(whole[key]), float(first[key]) + float(second[key]), rtol=1e-5, err_msg=key

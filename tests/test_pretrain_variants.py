@@ -23,10 +23,11 @@ LOSS_RTOL = 1e-5
 STATE_ATOL = 1e-6  # after one Adam update of size ~lr = 5e-4
 
 
-def one_step(config: ml_collections.ConfigDict, mesh_sizes: dict, devices):
-  """(metrics, initial state, state after one step) of `config` on the given mesh."""
+def one_step(config: ml_collections.ConfigDict, mesh_sizes: dict, devices, num_shards=None):
+  """(metrics, initial state, state after one step) of `config` on the given mesh;
+  `num_shards` as `build_trainer`'s (wav2vec 2.0's diversity shards)."""
   mesh = sharding.make_mesh(mesh_sizes, devices)
-  trainer = wav2vec2_step.build_trainer(config, mesh)
+  trainer = wav2vec2_step.build_trainer(config, mesh, num_shards=num_shards)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
   initial = jax.device_get(state)
@@ -39,8 +40,9 @@ def one_step(config: ml_collections.ConfigDict, mesh_sizes: dict, devices):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sharded_step_of_each_demo_variant_equals_single_device(variant):
   config = demo_conformer.get_config(variant)
+  # One device with the sharded run's 4 data-parallel shards (one perplexity each).
   ref_metrics, initial, ref_state = one_step(
-    config, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]
+    config, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_shards=4
   )
   metrics, _, state = one_step(config, dict(data=2, fsdp=2, tensor=2), jax.devices())
   assert ref_metrics["masked_frames"] > 0

@@ -1,8 +1,13 @@
 """Sharded train steps equal single-device ones, and parameters land where the rules say.
 
-Runs on the 8 fake CPU devices set up in conftest.py.
+Runs on the 8 fake CPU devices set up in conftest.py. The diversity term has one
+codebook perplexity per data-parallel shard (as per GPU in fairseq), so a single-device
+run reproduces a sharded one when told the sharded run's shard count (`num_shards`).
 """
 
+import functools
+
+import fairseq_reference
 import flax.linen as nn
 import jax
 import numpy as np
@@ -10,6 +15,7 @@ import pytest
 
 from configs import demo
 from sslax.data import masking
+from sslax.models import quantizers
 from sslax.train import sharding, wav2vec2_step
 from sslax.train import state as state_lib
 
@@ -38,11 +44,11 @@ def synthetic_batch(config, seed=0):
   return {"audio": audio, "audio_paddings": paddings, "mask": mask}
 
 
-def run_steps(mesh_sizes, devices, num_steps=2, **overrides):
+def run_steps(mesh_sizes, devices, num_steps=2, num_shards=None, **overrides):
   config = demo.get_config("tiny")
   config.update(overrides)
   mesh = sharding.make_mesh(mesh_sizes, devices)
-  trainer = wav2vec2_step.build_trainer(config, mesh)
+  trainer = wav2vec2_step.build_trainer(config, mesh, num_shards=num_shards)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
   losses, grad_norms = [], []
@@ -57,13 +63,18 @@ def run_steps(mesh_sizes, devices, num_steps=2, **overrides):
 
 @pytest.fixture(scope="module")
 def single_device_run():
-  return run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  """num_shards -> run_steps on one device with that many diversity shards (cached)."""
+  return functools.cache(
+    lambda num_shards: run_steps(
+      dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_shards=num_shards
+    )
+  )
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (4, 1, 2), (2, 2, 2)])
 def test_sharded_step_equals_single_device(shape, single_device_run):
   assert jax.device_count() == 8
-  ref_losses, ref_state, ref_grad_norms = single_device_run
+  ref_losses, ref_state, ref_grad_norms = single_device_run(shape[0] * shape[1])
   losses, state, grad_norms = run_steps(
     dict(zip(sharding.MESH_AXES, shape, strict=True)), jax.devices()
   )
@@ -85,7 +96,7 @@ def test_sharded_step_equals_single_device(shape, single_device_run):
 def test_gradient_accumulation_is_sharding_invariant():
   """Microbatches are taken as strided rows, so each device keeps its own rows."""
   ref_losses, ref_state, _ = run_steps(
-    dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], grad_accum_steps=2
+    dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_shards=4, grad_accum_steps=2
   )
   losses, state, _ = run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), grad_accum_steps=2)
   np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL)
@@ -103,8 +114,8 @@ def test_bf16_compute_keeps_float32_state(single_device_run):
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state.opt_state))
   # bf16 matmuls (8-bit mantissa) move the loss, but only slightly.
-  assert losses != single_device_run[0]
-  np.testing.assert_allclose(losses, single_device_run[0], rtol=0.05)
+  assert losses != single_device_run(4)[0]
+  np.testing.assert_allclose(losses, single_device_run(4)[0], rtol=0.05)
 
 
 def test_parameters_are_sharded_as_the_rules_say():
@@ -147,3 +158,107 @@ def test_mesh_shape_errors_name_the_config_field():
     sharding.mesh_shape(dict(data=-1, fsdp=3, tensor=1), 8)
   with pytest.raises(ValueError, match="unknown axes"):
     sharding.mesh_shape(dict(data=-1, fsdp=1, model=1), 8)
+
+
+# The diversity term on a mesh: fairseq's per-GPU definition, where a GPU is one device's
+# rows of one microbatch. Reference sums in float64 to rtol 1e-5 (float32 logits, summed
+# in another order on 8 devices than in the reference).
+
+
+_DIVERSITY_SUMS = ("diversity_loss", "prob_perplexity", "code_perplexity", "masked_frames")
+
+
+def _diversity_config(batch_size, grad_accum_steps=1):
+  config = demo.get_config("tiny")
+  config.data.batch_size = batch_size
+  config.grad_accum_steps = grad_accum_steps
+  # The quantizer's input is then the same in training as in the reference's forward.
+  config.model.dropout_features = 0.0
+  return config
+
+
+def _first_step(config, mesh, host_batches):
+  """The first step's metrics for each host batch (from the same initial state), the
+  parameters, and the rows each device holds (contiguous slices of the global batch)."""
+  trainer = wav2vec2_step.build_trainer(config, mesh)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  results, device_rows = [], None
+  for host_batch in host_batches:
+    state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
+    params = jax.device_get(state.params)
+    with sharding.activate(mesh):
+      batch = sharding.global_batch(host_batch, mesh)
+      _, metrics = trainer.step(state, batch, step_rng)
+    results.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    device_rows = sorted(
+      {(s.index[0].start or 0, s.index[0].stop) for s in batch["mask"].addressable_shards}
+    )
+  return results, params, [np.arange(start, stop) for start, stop in device_rows]
+
+
+def _codeword_logits(config, params, host_batch):
+  """float64 [B, F, G, V] logits of the quantizer, from its input in an evaluation forward
+  (no dropout before the quantizer) and its parameters."""
+  model = wav2vec2_step.build_model(config)
+
+  @jax.jit
+  def quantizer_input(params, audio, paddings, mask):
+    inputs = {}
+
+    def record(next_fun, args, kwargs, context):
+      if isinstance(context.module, quantizers.GumbelProductQuantizer):
+        inputs["x"] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      model.apply({"params": params}, audio, paddings, mask, train=False, gumbel_temperature=1.0)
+    return inputs["x"]
+
+  x = quantizer_input(params, host_batch["audio"], host_batch["audio_paddings"], host_batch["mask"])
+  kernel = np.asarray(params["quantizer"]["logits"]["kernel"], np.float64)
+  bias = np.asarray(params["quantizer"]["logits"]["bias"], np.float64)
+  logits = np.asarray(x, np.float64) @ kernel + bias
+  groups = config.model.latent_groups
+  return logits.reshape(*logits.shape[:2], groups, -1)
+
+
+def _frame_paddings(config, host_batch):
+  frames = wav2vec2_step.frames_fn(config)
+  valid = (1 - host_batch["audio_paddings"]).sum(1).round().astype(int)
+  num_frames = host_batch["mask"].shape[1]
+  return np.arange(num_frames)[None, :] >= np.array([frames(n) for n in valid])[:, None]
+
+
+@pytest.mark.slow
+def test_diversity_is_fairseqs_per_device_and_microbatch():
+  """8 data-parallel devices, 2 accumulated microbatches of 16 rows: 16 fairseq GPU
+  batches of 2 rows. Then the same 2 rows per GPU batch on 4 devices, for each half of
+  the 32 rows: the global batch halves, each GPU batch's term stays the same."""
+  accum = 2
+  config = _diversity_config(batch_size=32, grad_accum_steps=accum)
+  host_batch = synthetic_batch(config, seed=3)
+  assert np.any(host_batch["audio_paddings"][:, -1] == 1)  # rows with padded frames
+  mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+  (metrics,), params, device_rows = _first_step(config, mesh, [host_batch])
+  assert [len(rows) for rows in device_rows] == [4] * 8
+  # Microbatch a holds rows j·A + a (sslax.train.accumulation): on each device, the rows
+  # it holds with that remainder.
+  gpu_batches = [rows[rows % accum == a] for rows in device_rows for a in range(accum)]
+  logits = _codeword_logits(config, params, host_batch)
+  paddings = _frame_paddings(config, host_batch)
+  expected = fairseq_reference.diversity(logits, host_batch["mask"], paddings, gpu_batches)
+  for name, value in zip(_DIVERSITY_SUMS, expected, strict=True):
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
+  # One perplexity over the whole batch (the definition this replaced) is far off.
+  whole_batch = fairseq_reference.diversity(logits, host_batch["mask"], paddings, [np.arange(32)])
+  assert abs(whole_batch[0] - expected[0]) > 0.05 * expected[0]
+
+  config.data.batch_size = 16
+  halves = [{k: v[rows] for k, v in host_batch.items()} for rows in (slice(0, 16), slice(16, 32))]
+  mesh = sharding.make_mesh(dict(data=4, fsdp=1, tensor=1), jax.devices()[:4])
+  half_metrics, _, half_rows = _first_step(config, mesh, halves)
+  assert [len(rows) for rows in half_rows] == [4] * 4
+  for name in _DIVERSITY_SUMS:
+    np.testing.assert_allclose(
+      metrics[name], half_metrics[0][name] + half_metrics[1][name], rtol=1e-5, err_msg=name
+    )

@@ -1,4 +1,13 @@
-"""Tests for sslax.models.wav2vec2: parameter counts, data flow, padding, dtypes."""
+"""Tests for sslax.models.wav2vec2: parameter counts, data flow, padding, dtypes.
+
+The feature penalty is checked against fairseq's definition (`fairseq/models/wav2vec/
+wav2vec2.py`: `features.float().pow(2).mean()` over the conv extractor's output), in
+float64 torch. fairseq takes that mean over the whole zero-padded batch, padded frames
+included, and its first GroupNorm's statistics include the padding; sslax (as its
+backbone documents) takes it over unpadded frames with padding-free statistics, which is
+fairseq's value on each utterance alone, so a padded utterance counts as it would alone.
+The two agree on fairseq's cropped batches (no padding).
+"""
 
 import dataclasses
 
@@ -7,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from configs import common, w2v_base, w2v_large
 from sslax.models import frontends, quantizers, transformer, wav2vec2
@@ -107,6 +117,22 @@ def tiny():
   return model, variables, apply
 
 
+def _fairseq_conv_features(variables, audio_BxS):
+  """fairseq ConvFeatureExtractionModel (mode 'default') in float64 torch: per layer a
+  Conv1d without bias, GroupNorm(C, C) after the first only, exact GELU. [B, C, F]."""
+  params = nn.unbox(variables)["params"]["frontend"]
+  x = torch.tensor(np.asarray(audio_BxS, np.float64))[:, None, :]
+  for i, (channels, _, stride) in enumerate(TINY_LAYERS):
+    # flax kernels are [K, C_in, C_out]; torch's [C_out, C_in, K].
+    weight = torch.tensor(np.asarray(params[f"conv_{i}"]["kernel"], np.float64)).permute(2, 1, 0)
+    x = torch.nn.functional.conv1d(x, weight, stride=stride)
+    if i == 0:
+      norm = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in params["norm_0"].items()}
+      x = torch.nn.functional.group_norm(x, channels, norm["scale"], norm["bias"], eps=1e-5)
+    x = torch.nn.functional.gelu(x)
+  return x.numpy()
+
+
 def test_outputs_and_data_flow(tiny):
   model, variables, _ = tiny
   audio_BxS, paddings_BxS, mask_BxF = _inputs()
@@ -131,11 +157,21 @@ def test_outputs_and_data_flow(tiny):
   np.testing.assert_array_equal(out.frame_paddings[0], np.arange(frames) >= valid_frames)
   np.testing.assert_array_equal(out.frame_paddings[1], 0.0)
 
-  # Feature penalty: mean square of the conv features over valid frames and channels.
+  # Feature penalty: fairseq's definition applied to each utterance's own samples
+  # (`_fairseq_feature_penalty`), pooled over their frames.
+  lengths = (700, NUM_SAMPLES)
+  per_utterance = [
+    _fairseq_conv_features(variables, audio_BxS[b : b + 1, :n]) for b, n in enumerate(lengths)
+  ]
+  expected = sum(np.sum(f**2) for f in per_utterance) / sum(f.size for f in per_utterance)
+  np.testing.assert_allclose(out.feature_penalty, expected, rtol=1e-5)
+  # fairseq on the zero-padded batch counts padded frames: a different value.
+  zero_padded = np.where(paddings_BxS > 0, 0.0, audio_BxS)
+  assert not np.isclose(
+    out.feature_penalty, np.mean(_fairseq_conv_features(variables, zero_padded) ** 2), rtol=1e-2
+  )
   _, (features_BxFxC, frame_paddings_BxF) = calls["WaveformFrontend"]
   valid = np.asarray(frame_paddings_BxF) == 0
-  expected = np.mean(np.asarray(features_BxFxC, np.float64)[valid] ** 2)
-  np.testing.assert_allclose(out.feature_penalty, expected, rtol=1e-5)
 
   # Masked frames enter the encoder as mask_emb; the others do not.
   (encoder_in_BxFxD, encoder_paddings), _ = calls["TransformerEncoder"]
@@ -235,6 +271,13 @@ def test_bfloat16_training_step_keeps_float32_params(tiny):
   assert all(g.dtype == jnp.float32 and np.all(np.isfinite(g)) for g in leaves)
 
   # The evaluation forward pass is bf16 arithmetic: near the float32 one, not equal to it.
+  # bf16 keeps 8 significant bits: round to nearest errs by at most u = 2^-8 relative,
+  # u/sqrt(3) RMS. The path to `projected` has about 20 roundings in sequence (3
+  # convolutions, post_extract_proj, the two layers' attention and feed-forward matmuls,
+  # casts after float32 norms and softmax); independent errors add as a random walk,
+  # sqrt(20)·u/sqrt(3) = 2.6u relative RMS. Allowed: 4u RMS, and 8u of the largest value
+  # for any element. Measured: 2.2u RMS, 3.3u worst. (Not `targets`: a rounding can flip
+  # a frame's argmax codeword, a different codevector.)
   _, _, apply_f32 = tiny
   out_bf16 = jax.jit(
     lambda: model.apply(
@@ -242,8 +285,15 @@ def test_bfloat16_training_step_keeps_float32_params(tiny):
     )
   )()
   out_f32 = apply_f32(audio_BxS, paddings_BxS, mask_BxF)
-  assert not np.array_equal(out_bf16.projected, out_f32.projected)
-  np.testing.assert_allclose(out_bf16.projected, out_f32.projected, atol=0.1)
+  u = 2.0**-8
+  valid = np.asarray(out_f32.frame_paddings) == 0
+  ours = np.asarray(out_bf16.projected, np.float64)[valid]
+  reference = np.asarray(out_f32.projected, np.float64)[valid]
+  relative_rms = np.sqrt(np.mean((ours - reference) ** 2) / np.mean(reference**2))
+  assert u / 16 < relative_rms < 4 * u  # not float32 arithmetic, and bf16's precision
+  np.testing.assert_allclose(ours, reference, rtol=0, atol=8 * u * np.abs(reference).max())
+  # The feature penalty is one mean of squares of bf16 features: a few u at most.
+  np.testing.assert_allclose(out_bf16.feature_penalty, out_f32.feature_penalty, rtol=2 * u)
 
 
 def test_every_parameter_has_logical_names():

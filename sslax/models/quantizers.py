@@ -3,6 +3,16 @@
 Each frame picks one of V codevectors in each of G groups; the quantized vector is the
 concatenation of the G picks. In training the pick is a hard Gumbel-softmax sample with a
 straight-through gradient; in evaluation it is the argmax of the logits.
+
+The codebook perplexities (fairseq `prob_perplexity` and `code_perplexity`) are taken over
+the frames one GPU quantizes in one forward pass, so they depend on how the batch is split
+over devices and microbatches. The quantizer therefore returns per-utterance sums of the
+codeword distributions (`prob_sums`, `code_counts`, `counted_frames`) rather than a
+perplexity: any data-parallel shard is a set of rows, so its mean distribution is the sum
+of its rows' sums over the sum of their frames, and whoever knows the shards (the
+objective, given the shard count of the mesh) turns them into perplexities with
+`perplexity`. The module stays independent of the mesh, and the sums are [B, G, V] (a
+few hundred floats per utterance), not the per-frame [B, T, G, V] probabilities.
 """
 
 import flax.linen as nn
@@ -21,15 +31,19 @@ class QuantizerOutput:
   Attributes:
     quantized: [B, T, codevector_dim] in the compute dtype.
     codes: i32[B, T, G] index of the codevector picked in each group.
-    prob_perplexity: f32[] sum over groups of exp(entropy of the mean softmax).
-    code_perplexity: f32[] sum over groups of exp(entropy of the mean hard one-hot).
+    prob_sums: f32[B, G, V] per utterance, the softmax of the logits summed over its
+      counted frames (the frames of weight 1).
+    code_counts: f32[B, G, V] per utterance, its counted frames whose logits' argmax in
+      group g is codeword v (fairseq's hard distribution, the argmax also in training).
+    counted_frames: f32[B] per utterance, its counted frames.
     num_codevectors: G * V (python int).
   """
 
   quantized: jax.Array
   codes: jax.Array
-  prob_perplexity: jax.Array
-  code_perplexity: jax.Array
+  prob_sums: jax.Array
+  code_counts: jax.Array
+  counted_frames: jax.Array
   num_codevectors: int = flax.struct.field(pytree_node=False)
 
 
@@ -54,13 +68,22 @@ def hard_gumbel_softmax(logits: jax.Array, rng: jax.Array, temperature) -> jax.A
   return soft + jax.lax.stop_gradient(hard - soft)
 
 
-def _perplexity(probs_BxTxGxV: jax.Array, weights_BxT: jax.Array) -> jax.Array:
-  """Sum over groups of exp(entropy) of the `weights`-weighted mean distribution."""
-  weights_BxTx1x1 = weights_BxT.astype(jnp.float32)[:, :, None, None]
-  total = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
-  mean_GxV = jnp.sum(probs_BxTxGxV * weights_BxTx1x1, axis=(0, 1)) / total
-  entropy_G = -jnp.sum(mean_GxV * jnp.log(mean_GxV + _LOG_EPSILON), axis=-1)
-  return jnp.sum(jnp.exp(entropy_G))
+def perplexity(sums_SxGxV: jax.Array, frames_S: jax.Array) -> jax.Array:
+  """fairseq's codebook perplexity of each of S sets of frames.
+
+  Args:
+    sums_SxGxV: f32[S, G, V] codeword distributions summed over each set's frames
+      (`prob_sums` or `code_counts` added over the set's utterances).
+    frames_S: f32[S] frames in each set.
+
+  Returns:
+    f32[S]: per set, the sum over groups of exp(entropy) of the mean distribution
+    sums / frames, with fairseq's 1e-7 inside the log. A set without frames gets G
+    (its mean is all zeros).
+  """
+  mean_SxGxV = sums_SxGxV / jnp.maximum(frames_S, 1.0)[:, None, None]
+  entropy_SxG = -jnp.sum(mean_SxGxV * jnp.log(mean_SxGxV + _LOG_EPSILON), axis=-1)
+  return jnp.sum(jnp.exp(entropy_SxG), axis=-1)
 
 
 class GumbelProductQuantizer(nn.Module):
@@ -88,8 +111,8 @@ class GumbelProductQuantizer(nn.Module):
 
     Args:
       x_BxTxC: [B, T, C] features to quantize.
-      weights_BxT: [B, T], 1 for frames that count in the perplexities (fairseq quantizes
-        only masked, unpadded frames), 0 elsewhere.
+      weights_BxT: [B, T], 1 for frames that count in the codeword sums (fairseq
+        quantizes only masked, unpadded frames), 0 elsewhere.
       deterministic: argmax codes when True; Gumbel samples ('gumbel' rng) when False.
       temperature: Gumbel-softmax temperature, a step-dependent argument.
 
@@ -120,8 +143,13 @@ class GumbelProductQuantizer(nn.Module):
 
     codes_BxTxG = jnp.argmax(logits_BxTxGxV, axis=-1)
     hard_BxTxGxV = jax.nn.one_hot(codes_BxTxG, num_vars, dtype=jnp.float32)
-    code_perplexity = _perplexity(hard_BxTxGxV, weights_BxT)
-    prob_perplexity = _perplexity(jax.nn.softmax(logits_BxTxGxV, axis=-1), weights_BxT)
+    weights_BxT = weights_BxT.astype(jnp.float32)
+    # Elementwise products and sums, not a matmul: a default-precision matmul may round
+    # the probabilities to bf16 on accelerators.
+    weights_BxTx1x1 = weights_BxT[:, :, None, None]
+    probs_BxTxGxV = jax.nn.softmax(logits_BxTxGxV, axis=-1)
+    prob_sums_BxGxV = jnp.sum(probs_BxTxGxV * weights_BxTx1x1, axis=1)
+    code_counts_BxGxV = jnp.sum(hard_BxTxGxV * weights_BxTx1x1, axis=1)
 
     if deterministic:
       onehot_BxTxGxV = hard_BxTxGxV
@@ -135,7 +163,8 @@ class GumbelProductQuantizer(nn.Module):
     return QuantizerOutput(
       quantized=quantized_BxTxGxK.reshape(batch, time, self.codevector_dim),
       codes=codes_BxTxG.astype(jnp.int32),
-      prob_perplexity=prob_perplexity,
-      code_perplexity=code_perplexity,
+      prob_sums=prob_sums_BxGxV,
+      code_counts=code_counts_BxGxV,
+      counted_frames=jnp.sum(weights_BxT, axis=1),
       num_codevectors=groups * num_vars,
     )

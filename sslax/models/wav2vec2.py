@@ -27,8 +27,11 @@ class Wav2Vec2Output:
     targets: f32[B, F, final_dim] project_q of the quantized unmasked features.
     frame_paddings: f32[B, F], 1.0 at padding.
     feature_penalty: f32[] mean of squared conv features over unpadded frames and channels.
-    prob_perplexity: f32[] quantizer softmax perplexity over masked, unpadded frames.
-    code_perplexity: f32[] quantizer code perplexity over masked, unpadded frames.
+    prob_sums: f32[B, G, V] per utterance, the quantizer's softmax summed over its masked,
+      unpadded frames (`quantizers.QuantizerOutput`); the objective turns the sums of
+      each data-parallel shard into fairseq's `prob_perplexity`.
+    code_counts: f32[B, G, V] the same for the hard (argmax) codes: `code_perplexity`.
+    quantized_frames: f32[B] masked, unpadded frames per utterance (the sums' frames).
     num_codevectors: G * V (python int).
     hidden_states: with `return_hidden_states`, the encoder's num_layers + 1 hidden states
       ([B, F, embed_dim] each, `TransformerEncoder(return_all_layers=True)`); else None.
@@ -38,8 +41,9 @@ class Wav2Vec2Output:
   targets: jax.Array
   frame_paddings: jax.Array
   feature_penalty: jax.Array
-  prob_perplexity: jax.Array
-  code_perplexity: jax.Array
+  prob_sums: jax.Array
+  code_counts: jax.Array
+  quantized_frames: jax.Array
   num_codevectors: int = flax.struct.field(pytree_node=False)
   hidden_states: list[jax.Array] | None = None
 
@@ -105,8 +109,9 @@ class Wav2Vec2(backbone.Backbone, kw_only=True):
       targets=targets_BxFxP.astype(jnp.float32),
       frame_paddings=shared.frame_paddings,
       feature_penalty=shared.feature_penalty,
-      prob_perplexity=quantized.prob_perplexity,
-      code_perplexity=quantized.code_perplexity,
+      prob_sums=quantized.prob_sums,
+      code_counts=quantized.code_counts,
+      quantized_frames=quantized.counted_frames,
       num_codevectors=quantized.num_codevectors,
       hidden_states=shared.hidden_states if return_hidden_states else None,
     )

@@ -1,14 +1,20 @@
 """The wav2vec 2.0 pretraining objective (Baevski et al. 2020), as fairseq computes it.
 
-fairseq's `wav2vec` criterion with `infonce` and `loss_weights [diversity, feature_penalty]`:
+fairseq's `wav2vec` criterion with `infonce` and `loss_weights [diversity, feature_penalty]`
+(`fairseq/criterions/wav2vec_criterion.py`) runs on each GPU over that GPU's batch:
 
-  loss = sum over masked frames of -log softmax(cos(c_t, [q_t, q_neg...]) / temp)[0]
-         + diversity_weight * (GV - prob_perplexity) / GV * N
-         + feature_penalty_weight * feature_penalty * N,
+  loss_g = sum over masked frames of -log softmax(cos(c_t, [q_t, q_neg...]) / temp)[0]
+           + diversity_weight * (GV - prob_perplexity_g) / GV * N_g
+           + feature_penalty_weight * feature_penalty * N_g,
 
-with N the number of masked frames (fairseq's `sample_size`). The step divides the summed
-gradients by the summed N, so with gradient accumulation or data parallelism the loss is
-normalised over the whole batch, as in fairseq.
+with N_g the GPU's number of masked frames (its `sample_size`) and prob_perplexity_g the
+perplexity of the mean codeword distribution over the GPU's masked frames. The losses
+and sample sizes of all GPUs (and of the microbatches of `update_freq`) are summed and
+the gradient divided by the summed N. Here a GPU is one data-parallel shard of one
+microbatch: the step passes the mesh's data-parallel size as `num_shards`, each
+microbatch's rows split into that many equal consecutive blocks (the rows one device
+holds), and each block gets its own perplexity. The diversity term thus depends on the
+rows per device, as in fairseq, and not on the global batch size.
 
 Unlike fairseq, masked frames are never gathered into a dense [B, M, D] tensor: every
 array keeps the padded [B, F, ...] layout and a bool mask, so shapes are static and rows
@@ -17,6 +23,8 @@ may hold different numbers of masked frames.
 
 import jax
 import jax.numpy as jnp
+
+from sslax.models import quantizers
 
 # torch.cosine_similarity's floor on each vector norm.
 _COSINE_EPS = 1e-8
@@ -132,7 +140,7 @@ def contrastive_loss(
   neg_is_pos_BxFxC = jnp.pad(neg_is_pos_BxFxK, ((0, 0), (0, 0), (1, 0)))
   logits_BxFxC = jnp.where(neg_is_pos_BxFxC, -jnp.inf, logits_BxFxC)
 
-  counted_BxF = mask_BxF & (mask_BxF.sum(axis=1) >= 2)[:, None]
+  counted_BxF = _counted_frames(mask_BxF)
   # The positive's logit is always finite, so log_softmax is finite even when every
   # distractor is -inf (loss 0 for that frame, as in fairseq).
   nll_BxF = -jax.nn.log_softmax(logits_BxFxC, axis=-1)[:, :, 0]
@@ -144,6 +152,59 @@ def contrastive_loss(
   return loss_sum, correct, count
 
 
+def _counted_frames(mask_BxF: jax.Array) -> jax.Array:
+  """bool[B, F]: masked frames of rows with at least 2 masked frames (see contrastive_loss)."""
+  mask_BxF = mask_BxF.astype(bool)
+  return mask_BxF & (mask_BxF.sum(axis=1) >= 2)[:, None]
+
+
+def _shard_sums(x_BxN: jax.Array, num_shards: int) -> jax.Array:
+  """[S, ...] sums of x over each of S equal consecutive blocks of rows."""
+  batch = x_BxN.shape[0]
+  if batch % num_shards:
+    raise ValueError(f"{batch} rows do not split into num_shards={num_shards} equal shards")
+  return jnp.sum(x_BxN.reshape(num_shards, batch // num_shards, *x_BxN.shape[1:]), axis=1)
+
+
+def diversity_sums(
+  outputs, frames_B: jax.Array, *, num_shards: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """fairseq's diversity loss and perplexities, per data-parallel shard, summed.
+
+  Shard s (rows s·B/S to (s+1)·B/S - 1) plays one fairseq GPU: its perplexity is that of
+  the mean codeword distribution over its own quantized frames, and its diversity loss
+  (GV - perplexity_s) / GV is weighted by its sample size N_s, as fairseq's criterion
+  weights each GPU's loss before the sums are all-reduced.
+
+  Args:
+    outputs: read by attribute: `prob_sums` and `code_counts` f32[B, G, V], per-row
+      codeword distributions summed over the row's quantized frames, `quantized_frames`
+      f32[B] those frames, `num_codevectors` (python int G·V).
+    frames_B: [B] each row's sample size (its counted masked frames).
+    num_shards: S, static; must divide B. 1 gives one perplexity for the whole batch.
+
+  Returns:
+    f32[] sums over shards of (GV - prob_perplexity_s) / GV · N_s, prob_perplexity_s · N_s
+    and code_perplexity_s · N_s. Divided by the summed N they are the loss term and the
+    frame-weighted means of the shards' perplexities.
+  """
+  num_codevectors = outputs.num_codevectors
+  quantized_S = _shard_sums(jnp.asarray(outputs.quantized_frames, jnp.float32), num_shards)
+  prob_perplexity_S = quantizers.perplexity(
+    _shard_sums(jnp.asarray(outputs.prob_sums, jnp.float32), num_shards), quantized_S
+  )
+  code_perplexity_S = quantizers.perplexity(
+    _shard_sums(jnp.asarray(outputs.code_counts, jnp.float32), num_shards), quantized_S
+  )
+  frames_S = _shard_sums(frames_B.astype(jnp.float32), num_shards)
+  diversity_S = (num_codevectors - prob_perplexity_S) / num_codevectors
+  return (
+    jnp.sum(diversity_S * frames_S),
+    jnp.sum(prob_perplexity_S * frames_S),
+    jnp.sum(code_perplexity_S * frames_S),
+  )
+
+
 def wav2vec2_loss(
   outputs,
   mask_BxF: jax.Array,
@@ -152,29 +213,35 @@ def wav2vec2_loss(
   logit_temp: float,
   diversity_weight: float,
   feature_penalty_weight: float,
+  num_shards: int,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """fairseq's wav2vec 2.0 criterion, returned as sums over the counted masked frames.
 
   Args:
     outputs: the model's output, read by attribute: `projected` f32[B, F, D] (after
       final_proj), `targets` f32[B, F, D] (after project_q), `feature_penalty` f32[]
-      (mean squared conv features), `prob_perplexity` f32[] (perplexity of the batch's
-      mean codeword distribution, summed over groups), `code_perplexity` f32[] (same for
-      the hard codeword choices), `num_codevectors` (python int G·V).
+      (mean squared conv features), `prob_sums`, `code_counts` f32[B, G, V] and
+      `quantized_frames` f32[B] (per-row codeword distributions, `diversity_sums`),
+      `num_codevectors` (python int G·V).
     mask_BxF: bool[B, F] masked frames (the same mask the model used).
     negatives_BxFxK: int[B, F, K] from `sample_negatives`.
     logit_temp: cosine temperature (0.1).
     diversity_weight: weight of (GV - prob_perplexity) / GV (0.1).
     feature_penalty_weight: weight of the feature penalty (10 Base, 0 Large).
+    num_shards: data-parallel shards of this (micro)batch, each with its own perplexity
+      (`diversity_sums`); the step passes `sharding.data_parallel_size(mesh)`.
 
   Returns:
     loss_sum: f32[], to be divided by the batch's total `masked_frames` (N).
     metric_sums: f32[] sums, each a mean once divided by `masked_frames`, so they add
       across microbatches and devices:
       `masked_frames` N; `loss` loss_sum; `contrastive_loss` summed InfoNCE (nats);
-      `correct` frames where the positive wins; `diversity_loss` (GV - ppl) / GV · N,
-      unweighted; `feature_penalty` feature_penalty · N, unweighted; `prob_perplexity`
-      and `code_perplexity` · N.
+      `correct` frames where the positive wins; `diversity_loss` sum over shards of
+      (GV - ppl_s) / GV · N_s, unweighted; `feature_penalty` feature_penalty · N,
+      unweighted; `prob_perplexity` and `code_perplexity` sums over shards of ppl_s ·
+      N_s (a frame-weighted mean of the shards' perplexities once divided; fairseq logs
+      the unweighted mean over GPUs and microbatches, equal when they hold as many
+      masked frames).
   """
   contrastive_sum, correct, count = contrastive_loss(
     outputs.projected,
@@ -184,9 +251,10 @@ def wav2vec2_loss(
     logit_temp=logit_temp,
   )
   num_frames = count.astype(jnp.float32)
-  num_codevectors = outputs.num_codevectors
-  prob_perplexity = jnp.asarray(outputs.prob_perplexity, jnp.float32)
-  diversity_sum = (num_codevectors - prob_perplexity) / num_codevectors * num_frames
+  frames_B = jnp.sum(_counted_frames(mask_BxF), axis=1, dtype=jnp.float32)
+  diversity_sum, prob_perplexity_sum, code_perplexity_sum = diversity_sums(
+    outputs, frames_B, num_shards=num_shards
+  )
   penalty_sum = jnp.asarray(outputs.feature_penalty, jnp.float32) * num_frames
   loss_sum = (
     contrastive_sum + diversity_weight * diversity_sum + feature_penalty_weight * penalty_sum
@@ -198,7 +266,7 @@ def wav2vec2_loss(
     "correct": correct.astype(jnp.float32),
     "diversity_loss": diversity_sum,
     "feature_penalty": penalty_sum,
-    "prob_perplexity": prob_perplexity * num_frames,
-    "code_perplexity": jnp.asarray(outputs.code_perplexity, jnp.float32) * num_frames,
+    "prob_perplexity": prob_perplexity_sum,
+    "code_perplexity": code_perplexity_sum,
   }
   return loss_sum, metric_sums

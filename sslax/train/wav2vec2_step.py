@@ -93,8 +93,15 @@ def gumbel_temperature(gumbel: ml_collections.ConfigDict, step: jax.Array) -> ja
   return jnp.maximum(gumbel.start * gumbel.decay ** step.astype(jnp.float32), gumbel.end)
 
 
-def wav2vec2_loss_fn(model: wav2vec2.Wav2Vec2, config: ml_collections.ConfigDict) -> LossFn:
-  """The contrastive objective as a `LossFn`; scalars hold `gumbel_temperature`."""
+def wav2vec2_loss_fn(
+  model: wav2vec2.Wav2Vec2, config: ml_collections.ConfigDict, num_shards: int
+) -> LossFn:
+  """The contrastive objective as a `LossFn`; scalars hold `gumbel_temperature`.
+
+  `num_shards` is the data-parallel size: each microbatch's rows split into that many
+  blocks, one per device, and each block gets its own codebook perplexity, as each GPU
+  does in fairseq (`objective.diversity_sums`).
+  """
   obj = config.objective
 
   def loss_fn(params, model_state, microbatch, rng, scalars):
@@ -118,6 +125,7 @@ def wav2vec2_loss_fn(model: wav2vec2.Wav2Vec2, config: ml_collections.ConfigDict
       logit_temp=obj.logit_temp,
       diversity_weight=obj.diversity_weight,
       feature_penalty_weight=obj.feature_penalty_weight,
+      num_shards=num_shards,
     )
     return loss_sum, (sums, updates)
 
@@ -178,19 +186,22 @@ def make_train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   config: ml_collections.ConfigDict,
+  num_shards: int,
 ) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
   """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
 
   `batch` holds audio f32[B,S], audio_paddings f32[B,S] and mask bool[B,F] (HuBERT: and
   labels i32[B,L]); metrics are sums over the batch (see `sslax.objectives.wav2vec2`,
-  `.bestrq` or `.hubert`) plus per-step scalars.
+  `.bestrq` or `.hubert`) plus per-step scalars. `num_shards`: the data-parallel shards
+  of each microbatch, over which wav2vec 2.0's diversity term is computed per shard
+  (`wav2vec2_loss_fn`; BEST-RQ and HuBERT ignore it).
   """
   if _objective_name(config) == "bestrq":
     loss_fn, scalars = bestrq_step.loss_fn(model), lambda step: {}
   elif _objective_name(config) == "hubert":
     loss_fn, scalars = hubert_step.loss_fn(model, config), lambda step: {}
   else:
-    loss_fn = wav2vec2_loss_fn(model, config)
+    loss_fn = wav2vec2_loss_fn(model, config, num_shards)
 
     def scalars(step):
       return {"gumbel_temperature": gumbel_temperature(config.gumbel, step)}
@@ -222,8 +233,18 @@ class Trainer:
   vocab: text.Vocabulary | None = None
 
 
-def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Trainer:
-  """Model, optimizer, state shardings and the jitted step: one assembly for every user."""
+def build_trainer(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_shards: int | None = None
+) -> Trainer:
+  """Model, optimizer, state shardings and the jitted step: one assembly for every user.
+
+  `num_shards`: the data-parallel shards wav2vec 2.0's diversity term is computed over
+  (one perplexity per shard and microbatch, as per GPU in fairseq); by default the mesh's
+  `sharding.data_parallel_size`. Another value reproduces the loss of a run on that many
+  devices on this mesh (e.g. a single-device check of a sharded run).
+  """
+  if num_shards is None:
+    num_shards = sharding.data_parallel_size(mesh)
   model = build_model(config)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
   init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
@@ -231,7 +252,7 @@ def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(
-    nonfinite.guard(make_train_step(model, tx, schedule, config), config.nonfinite),
+    nonfinite.guard(make_train_step(model, tx, schedule, config, num_shards), config.nonfinite),
     in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=0,
