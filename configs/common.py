@@ -134,6 +134,26 @@ def pretrain_config() -> ml_collections.ConfigDict:
   # Gumbel softmax temperature: max(start * decay**step, end).
   c.gumbel = ml_collections.ConfigDict(dict(start=2.0, end=0.5, decay=0.999995))
 
+  # Held-out validation during pretraining (fairseq's valid subset and
+  # validate_interval_updates): the objective, in evaluation mode, on fixed batches of
+  # another split of config.data.name, cropped and masked as training is; logged as
+  # `valid` lines of metrics.jsonl and valid/ in TensorBoard.
+  c.valid = ml_collections.ConfigDict(
+    dict(
+      split="",  # the held-out split; '' validates never
+      every=0,  # updates between validations (and one after the last update); 0: never
+      batches=0,  # global batches per validation; 0: as many as the split fills once
+    )
+  )
+
+  # Warnings, once each, when a contrastive run is not learning (sslax/train/diagnosis.py).
+  c.diagnose = ml_collections.ConfigDict(
+    dict(
+      after_steps=0,  # updates before accuracy near chance is reported; 0: never
+      collapse_share=0.05,  # code perplexity below this share of G x V codewords: collapse
+    )
+  )
+
   c.optim = ml_collections.ConfigDict(
     dict(
       learning_rate=5e-4,  # peak learning rate
@@ -257,7 +277,7 @@ def hubert_pretrain_config() -> ml_collections.ConfigDict:
       cache_shards=8,  # decoded unit shards each process keeps in memory (an LRU)
     )
   )
-  del c.gumbel  # no quantizer
+  del c.gumbel, c.diagnose  # no quantizer, no contrastive accuracy
   c.optim.clip_norm = 10.0  # global gradient-norm clipping
   return c
 
@@ -306,7 +326,7 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.total_steps = 20_000  # optimizer updates
   c.log_every = 200  # steps between progress lines / TensorBoard points
   c.checkpoint_every = 1_000  # steps between checkpoints (one is also written at the end)
-  del c.objective, c.gumbel
+  del c.objective, c.gumbel, c.diagnose
 
   c.data.name = "librispeech"  # TFDS dataset with an Audio and a transcript feature
   c.data.split = "train_clean100"  # the labelled split (the vocabulary comes from all of it)
@@ -399,5 +419,5 @@ def bestrq_pretrain_config() -> ml_collections.ConfigDict:
       name="bestrq",  # masked prediction of the frozen quantizer's codeword indices
     )
   )
-  del c.gumbel  # no Gumbel quantizer
+  del c.gumbel, c.diagnose  # no Gumbel quantizer, no contrastive accuracy
   return c

@@ -61,6 +61,10 @@ class HubertStream(pretraining_stream.PretrainingStream):
           "feature of the units manifest"
         )
 
+  def _like(self, data: ml_collections.ConfigDict) -> "HubertStream":
+    """A HuBERT stream over `data` with the same units (they must cover its examples)."""
+    return HubertStream(data, unit_labels=self._units, **self._arguments)
+
   def example_key(self, example: int) -> str:
     """The key of stream example `example` (the units manifest's key feature)."""
     split, index = self._locate(example)

@@ -132,6 +132,10 @@ class FinetuningStream(pretraining_stream.PretrainingStream):
       process_count=process_count,
     )
 
+  def _like(self, data: ml_collections.ConfigDict) -> "FinetuningStream":
+    """A fine-tuning stream over `data` with the same vocabulary and channels."""
+    return FinetuningStream(data, vocab=self._vocab, channels=self._channels, **self._arguments)
+
   def _usable_examples(self, data) -> np.ndarray:
     """The `labelled_minutes` subset of the utterances that fit the static shapes (at the
     slowest speed of `data.augment`, which lengthens them)."""

@@ -81,6 +81,13 @@ class PretrainingStream:
       splits.Split.open(name, split, data.data_dir, resample=data.resample)
       for name, split in schedule.sources_of(data)
     ]
+    self._arguments = dict(
+      mask_config=mask_config,
+      frames_fn=frames_fn,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+    )
     self._offsets = np.cumsum([0] + [len(s.lengths) for s in self._splits])
     self._lengths = np.concatenate([s.lengths for s in self._splits])
     self._data = data
@@ -304,11 +311,26 @@ class PretrainingStream:
     mask = self.schedule.masks(batch)[self.schedule.host_rows(batch)]
     return {"audio": audio, "audio_paddings": paddings, "mask": mask}
 
-  def batches(self, start_position: int = 0) -> executor.Batches[tuple[dict, dict]]:
-    """`(host batch, state)` pairs from global batch `start_position` on, forever; `state`
-    is where to resume after this batch. Close it (or use it in a `with` block)."""
+  def batches(
+    self, start_position: int = 0, stop: int | None = None
+  ) -> executor.Batches[tuple[dict, dict]]:
+    """`(host batch, state)` pairs of global batches `start_position` … `stop` − 1 (None:
+    forever); `state` is where to resume after the batch. Close it (or use it in a `with`
+    block)."""
 
     def read(batch: int) -> tuple[dict, dict]:
       return self.host_batch(batch), {"position": batch + 1}
 
-    return executor.Batches(read, start_position, threads=self._data.read_threads)
+    return executor.Batches(read, start_position, threads=self._data.read_threads, stop=stop)
+
+  def held_out(self, split: str) -> "PretrainingStream":
+    """The same stream over `split` of the same dataset, to validate on: rows, crops and
+    masks drawn as in training, one shape (no buckets), no augmentation, no mixture."""
+    data = ml_collections.ConfigDict(self._data.to_dict())
+    data.update(split=split, buckets=(), mixture=())
+    data.augment.update(speed_prob=0.0, gain_prob=0.0, noise_prob=0.0)
+    return self._like(data)
+
+  def _like(self, data: ml_collections.ConfigDict) -> "PretrainingStream":
+    """A stream of this class, and its arguments, over `data`."""
+    return type(self)(data, **self._arguments)

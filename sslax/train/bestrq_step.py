@@ -6,7 +6,6 @@ assembles either. The frozen quantizer travels in `TrainState.model_state['froze
 """
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ def build_model(config: ml_collections.ConfigDict) -> bestrq.BestRQ:
 def loss_fn(model: bestrq.BestRQ) -> Callable:
   """The masked-prediction loss as a `wav2vec2_step.LossFn` (no per-step scalars)."""
 
-  def fn(params: Any, model_state: dict, microbatch: dict, rng: jax.Array, scalars: dict):
+  def fn(params, model_state: dict, microbatch: dict, rng: jax.Array, scalars: dict, train=True):
     del scalars  # BEST-RQ has no step-dependent values
     outputs, updates = state_lib.apply_train(
       model,
@@ -34,7 +33,7 @@ def loss_fn(model: bestrq.BestRQ) -> Callable:
       microbatch["audio"],
       microbatch["audio_paddings"],
       microbatch["mask"],
-      train=True,
+      train=train,
       rngs={"dropout": rng},
     )
     valid_BxF = outputs.frame_paddings < 0.5

@@ -14,7 +14,6 @@ loss and accuracy are per counted frame; the objective's per-set sums (`loss_m_0
 """
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +39,7 @@ def loss_fn(model: hubert.HuBERT, config: ml_collections.ConfigDict) -> Callable
   label_rate = config.units.label_rate
   frame_rate = backbone.frame_rate_hz(config.model)
 
-  def fn(params: Any, model_state: dict, microbatch: dict, rng: jax.Array, scalars: dict):
+  def fn(params, model_state: dict, microbatch: dict, rng: jax.Array, scalars: dict, train=True):
     del scalars  # HuBERT has no step-dependent values
     outputs, updates = state_lib.apply_train(
       model,
@@ -49,7 +48,7 @@ def loss_fn(model: hubert.HuBERT, config: ml_collections.ConfigDict) -> Callable
       microbatch["audio"],
       microbatch["audio_paddings"],
       microbatch["mask"],
-      train=True,
+      train=train,
       rngs={"dropout": rng},
     )
     labels_BxF = objective.frame_labels(

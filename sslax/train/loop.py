@@ -6,18 +6,29 @@ so the host never waits on the device except when saving.
 """
 
 from collections.abc import Callable
+import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from sslax.data import hubert_stream, pretraining_stream, schedule
-from sslax.train import checkpoints, init_from, metrics, nonfinite, sharding, wav2vec2_step
+from sslax.train import (
+  checkpoints,
+  diagnosis,
+  init_from,
+  metrics,
+  nonfinite,
+  sharding,
+  wav2vec2_step,
+)
 from sslax.train import preemption as preemption_lib
 from sslax.train import state as state_lib
 from sslax.units import labels
@@ -80,6 +91,8 @@ def train(
   stream, trainer = setup(config, workdir, mesh)
   logging.info("%d parameters", state_lib.count_parameters(trainer.abstract_state.params))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  validation = Validation.from_config(config, stream, trainer, mesh)
+  watch = diagnosis.Diagnosis.for_config(config)
 
   # ---- Restore, then loop ------------------------------------------------------------
   # Everything that owns threads or handlers is closed on every exit path, errors included:
@@ -132,20 +145,23 @@ def train(
         state, step_metrics = trainer.step(state, batch, step_rng)
         step += 1
         if pending is not None:
-          _log(logger, monitor, checkpointer, *pending)
+          _log(logger, monitor, checkpointer, watch, *pending)
         pending = (step, step_metrics, data_state["position"])
         preempted = preemption.reached(step)
         if preempted or step % config.checkpoint_every == 0 or step == config.total_steps:
-          _log(logger, monitor, checkpointer, *pending)  # never checkpoint a non-finite step
+          # Never checkpoint a non-finite step.
+          _log(logger, monitor, checkpointer, watch, *pending)
           pending = None
           checkpointer.save(step, state, {**data_state, _CONSECUTIVE_SKIPS: monitor.consecutive})
+        if validation is not None and validation.due(step, config.total_steps):
+          validation.run(state, step, logger)
         if preempted:
           logging.warning(
             "preempted: checkpoint %d written; run the same command again to resume", step
           )
           break
       if pending is not None:
-        _log(logger, monitor, checkpointer, *pending)
+        _log(logger, monitor, checkpointer, watch, *pending)
 
 
 def check_processes_hold_own_batch_shards(mesh: jax.sharding.Mesh) -> None:
@@ -175,12 +191,71 @@ def check_processes_hold_own_batch_shards(mesh: jax.sharding.Mesh) -> None:
 _CONSECUTIVE_SKIPS = "consecutive_skips"
 
 
-def _log(logger, monitor, checkpointer, step, device_metrics, data_position) -> None:
+def _log(logger, monitor, checkpointer, watch, step, device_metrics, data_position) -> None:
   """Reads a finished step's metrics and logs them; stops the run on a non-finite step
-  (`config.nonfinite`), naming the step and where to resume."""
+  (`config.nonfinite`), naming the step and where to resume; has a reported summary
+  checked for a plateau or a collapse (`watch`, when the objective has one)."""
   host = jax.device_get(device_metrics)
   monitor.check(step, host, checkpointer.latest_step)
-  logger.add(step, host, data_position)
+  summary = logger.add(step, host, data_position)
+  if summary is not None and watch is not None:
+    watch.check(step, summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+  """The held-out check of `config.valid`: the objective in evaluation mode on the first
+  `num_batches` global batches of `stream` (the same batches every time), every `every`
+  updates and after the last."""
+
+  stream: Any
+  split: str
+  num_batches: int
+  every: int
+  evaluate: Callable
+  mesh: jax.sharding.Mesh
+  rng: jax.Array
+
+  @classmethod
+  def from_config(cls, config, stream, trainer, mesh) -> "Validation | None":
+    """None when `config.valid` validates never; raises ValueError naming the field when
+    the job has no held-out objective or the split cannot be read (too few examples for a
+    global batch, among others)."""
+    valid = config.valid
+    if not valid.split or not valid.every:
+      return None
+    if trainer.evaluate is None:
+      raise ValueError(
+        f"config.valid.split={valid.split!r}: this job has no held-out objective to "
+        "validate with; set config.valid.split=''"
+      )
+    try:
+      held_out = stream.held_out(valid.split)
+    except ValueError as error:
+      raise ValueError(f"config.valid.split={valid.split!r}: {error}") from None
+    num_batches = valid.batches or len(held_out.schedule.usable) // config.data.batch_size
+    logging.info(
+      "validating on %s:%s every %d updates: %d global batches",
+      config.data.name,
+      valid.split,
+      valid.every,
+      num_batches,
+    )
+    rng = jax.random.key(config.seed + 1)  # the same distractors every time
+    return cls(held_out, valid.split, num_batches, valid.every, trainer.evaluate, mesh, rng)
+
+  def due(self, step: int, total_steps: int) -> bool:
+    return step % self.every == 0 or step == total_steps
+
+  def run(self, state, step: int, logger: metrics.MetricsLogger) -> None:
+    """Evaluates `state` (after update `step`) and logs the result."""
+    start, total = time.perf_counter(), None
+    with self.stream.batches(0, self.num_batches) as batches:
+      for host_batch, _ in batches:
+        sums = self.evaluate(state, sharding.global_batch(host_batch, self.mesh), self.rng)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    host = {name: float(value) for name, value in jax.device_get(total).items()}
+    logger.add_validation(step, self.split, host, time.perf_counter() - start)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -117,8 +117,11 @@ class MetricsLogger:
       f.writelines(kept)
     os.replace(tmp, self._jsonl_path)
 
-  def add(self, step: int, step_metrics: dict[str, np.ndarray], data_position: int) -> None:
-    """Adds the host copy of step `step`'s metrics; reports when the interval is full.
+  def add(
+    self, step: int, step_metrics: dict[str, np.ndarray], data_position: int
+  ) -> dict[str, float] | None:
+    """Adds the host copy of step `step`'s metrics; reports when the interval is full and
+    returns the reported summary (None when nothing was reported).
 
     `data_position` is the input position after the step's batch, logged so a reader can
     check that a resumed run neither skipped nor repeated data.
@@ -127,20 +130,35 @@ class MetricsLogger:
       self._sums[name] = self._sums.get(name, 0.0) + float(value)
     self._steps += 1
     if step % self._log_every == 0 or step == self._total_steps:
-      self._report(step, data_position)
+      return self._report(step, data_position)
+    return None
 
-  def _report(self, step: int, data_position: int) -> None:
+  def _report(self, step: int, data_position: int) -> dict[str, float]:
     now = time.perf_counter()
     summary = summarize(self._sums, self._steps, now - self._start)
     self._sums, self._steps, self._start = {}, 0, now
     logging.info("%s", progress_line(step, self._total_steps, summary))
+    self._write(step, "train", summary, {"step": step, "data_position": data_position, **summary})
+    return summary
+
+  def add_validation(self, step: int, split: str, sums: dict[str, float], seconds: float):
+    """Reports a validation after update `step`: `sums` of the objective over the held-out
+    batches of `split` (summed like a training interval's), taking `seconds`. Its line in
+    metrics.jsonl is {"step": step, "valid": {"split": split, ...summary}}."""
+    summary = summarize(sums, 1, seconds)
+    del summary["steps_per_second"]
+    logging.info("valid %s after %s", split, progress_line(step, self._total_steps, summary))
+    self._write(step, "valid", summary, {"step": step, "valid": {"split": split, **summary}})
+
+  def _write(self, step: int, prefix: str, summary: dict[str, float], line: dict) -> None:
+    """TensorBoard scalars `prefix/NAME` and a metrics.jsonl line (primary process only)."""
     if not self._is_primary:
       return
     for name, value in summary.items():
-      self._writer.add_scalar(f"train/{name}", value, step)
+      self._writer.add_scalar(f"{prefix}/{name}", value, step)
     self._writer.flush()
     with open(self._jsonl_path, "a") as f:
-      f.write(json.dumps({"step": step, "data_position": data_position, **summary}) + "\n")
+      f.write(json.dumps(line) + "\n")
 
   def close(self) -> None:
     if self._writer is not None:

@@ -32,9 +32,10 @@ from sslax.train import state as state_lib
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
 OBJECTIVES = ("wav2vec2", "bestrq", "hubert")
 
-# loss_fn(params, model_state, microbatch, rng, scalars) -> (loss sum, (metric sums,
-# updated model_state collections)); `scalars` are the step's per-step values.
-LossFn = Callable[[Any, dict, dict, jax.Array, dict], tuple[jax.Array, tuple[dict, dict]]]
+# loss_fn(params, model_state, microbatch, rng, scalars, train) -> (loss sum, (metric sums,
+# updated model_state collections)); `scalars` are the step's per-step values; `train`
+# False evaluates (no dropout, argmax codes, running batch statistics).
+LossFn = Callable[[Any, dict, dict, jax.Array, dict, bool], tuple[jax.Array, tuple[dict, dict]]]
 
 
 def _objective_name(config: ml_collections.ConfigDict) -> str:
@@ -104,7 +105,7 @@ def wav2vec2_loss_fn(
   """
   obj = config.objective
 
-  def loss_fn(params, model_state, microbatch, rng, scalars):
+  def loss_fn(params, model_state, microbatch, rng, scalars, train=True):
     dropout_rng, gumbel_rng, negatives_rng = jax.random.split(rng, 3)
     outputs, updates = state_lib.apply_train(
       model,
@@ -113,7 +114,7 @@ def wav2vec2_loss_fn(
       microbatch["audio"],
       microbatch["audio_paddings"],
       microbatch["mask"],
-      train=True,
+      train=train,
       gumbel_temperature=scalars["gumbel_temperature"],
       rngs={"dropout": dropout_rng, "gumbel": gumbel_rng},
     )
@@ -130,6 +131,21 @@ def wav2vec2_loss_fn(
     return loss_sum, (sums, updates)
 
   return loss_fn
+
+
+def objective_fns(
+  model: backbone.Backbone, config: ml_collections.ConfigDict, num_shards: int
+) -> tuple[LossFn, Callable[[jax.Array], dict]]:
+  """(the `LossFn` of `config.objective`, step -> its per-step scalars)."""
+  if _objective_name(config) == "bestrq":
+    return bestrq_step.loss_fn(model), lambda step: {}
+  if _objective_name(config) == "hubert":
+    return hubert_step.loss_fn(model, config), lambda step: {}
+
+  def scalars(step):
+    return {"gumbel_temperature": gumbel_temperature(config.gumbel, step)}
+
+  return wav2vec2_loss_fn(model, config, num_shards), scalars
 
 
 def make_update_step(
@@ -196,17 +212,25 @@ def make_train_step(
   of each microbatch, over which wav2vec 2.0's diversity term is computed per shard
   (`wav2vec2_loss_fn`; BEST-RQ and HuBERT ignore it).
   """
-  if _objective_name(config) == "bestrq":
-    loss_fn, scalars = bestrq_step.loss_fn(model), lambda step: {}
-  elif _objective_name(config) == "hubert":
-    loss_fn, scalars = hubert_step.loss_fn(model, config), lambda step: {}
-  else:
-    loss_fn = wav2vec2_loss_fn(model, config, num_shards)
-
-    def scalars(step):
-      return {"gumbel_temperature": gumbel_temperature(config.gumbel, step)}
-
+  loss_fn, scalars = objective_fns(model, config, num_shards)
   return make_update_step(loss_fn, scalars, tx, schedule, config.grad_accum_steps)
+
+
+def make_eval_step(
+  model: backbone.Backbone, config: ml_collections.ConfigDict, num_shards: int
+) -> Callable[[state_lib.TrainState, dict, jax.Array], dict]:
+  """Returns `evaluate(state, batch, rng) -> metric sums` (not yet jitted): the objective
+  on a held-out batch with the model in evaluation mode (fairseq's valid subset: no
+  dropout, argmax codes, the same masks and distractors), the state unchanged."""
+  loss_fn, scalars = objective_fns(model, config, num_shards)
+
+  def evaluate(state: state_lib.TrainState, batch: dict, rng: jax.Array) -> dict:
+    _, (sums, _) = loss_fn(
+      state.params, state.model_state, batch, rng, scalars(state.step), train=False
+    )
+    return dict(sums, audio_samples=jnp.sum(1.0 - batch["audio_paddings"]))
+
+  return evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +246,8 @@ class Trainer:
     of a step with a non-finite loss or gradient (`sslax.train.nonfinite.guard`).
   vocab: a CTC model's vocabulary (fine-tuning; `config.init_from` aligns a CTC source's
     head to it), else None.
+  evaluate: jitted `(state, global batch, rng) -> metric sums` of the objective on a
+    held-out batch (`make_eval_step`), or None where the job has none.
   """
 
   model: backbone.Backbone
@@ -231,6 +257,7 @@ class Trainer:
   state_shardings: Any
   step: Any
   vocab: text.Vocabulary | None = None
+  evaluate: Any = None
 
 
 def build_trainer(
@@ -257,4 +284,9 @@ def build_trainer(
     out_shardings=(state_shardings, replicated),
     donate_argnums=0,
   )
-  return Trainer(model, schedule, init_fn, abstract_state, state_shardings, step)
+  evaluate = jax.jit(
+    make_eval_step(model, config, num_shards),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+    out_shardings=replicated,
+  )
+  return Trainer(model, schedule, init_fn, abstract_state, state_shardings, step, None, evaluate)
