@@ -3,6 +3,7 @@
 from collections.abc import Callable
 import math
 
+from absl import logging
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -11,11 +12,21 @@ import optax
 def polynomial_decay_schedule(
   learning_rate: float, warmup_steps: int, total_steps: int
 ) -> optax.Schedule:
-  """fairseq `polynomial_decay` with power 1 and end lr 0: linear warmup, then linear decay."""
-  if not 0 <= warmup_steps <= total_steps:
-    raise ValueError(
-      f"config.optim.warmup_steps={warmup_steps} must lie in [0, config.total_steps={total_steps}]"
+  """fairseq `polynomial_decay` with power 1 and end lr 0: linear warmup, then linear decay.
+
+  A warmup longer than the run (a short smoke run of a long config) is cut to the run, with
+  a logged note.
+  """
+  if warmup_steps < 0:
+    raise ValueError(f"config.optim.warmup_steps={warmup_steps} must not be negative")
+  if warmup_steps > total_steps:
+    logging.warning(
+      "config.optim.warmup_steps=%d is longer than config.total_steps=%d: the warmup takes "
+      "the whole run",
+      warmup_steps,
+      total_steps,
     )
+    warmup_steps = total_steps
   return optax.join_schedules(
     [
       optax.linear_schedule(0.0, learning_rate, warmup_steps),
