@@ -204,7 +204,11 @@ def run(
     for (name, _), hidden in zip(named, states, strict=True)
     for i, h in hidden.items()
   }
-  np.savez(out_path, **arrays)
+  # Atomic: a killed run leaves no half-written file under the name asked for.
+  tmp = f"{out_path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, out_path)
   print(f"wrote {out_path}: {len(named)} utterances, layers {layers}")
 
 
