@@ -143,31 +143,24 @@ def int16_from_varints(packed: bytes) -> np.ndarray:
   """i16[N]: the values of a packed varint list of int16 values.
 
   Protobuf writes each int64 as 7-bit groups, low first, the high bit set on all but the
-  last byte; a negative value takes 10 bytes (two's complement). The low 16 bits come from
-  the first 3 bytes. Raises ValueError when a varint's length cannot be an int16's.
+  last byte: 0 … 32767 take 1-3 bytes (a third byte of 0 or 1), −32768 … −1 take 10 (two's
+  complement: 0x7E set in the third byte, 0x01 last). The low 16 bits come from the first
+  3 bytes. Raises ValueError when a varint cannot be an int16 value.
   """
-  b = np.frombuffer(packed, np.uint8)
-  ends = np.flatnonzero(b < 0x80)  # the last byte of each varint
+  b = np.frombuffer(packed + b"\0\0", np.uint8)  # 2 bytes of slack for the gathers below
+  ends = np.flatnonzero(b[:-2] < 0x80)  # the last byte of each varint
   firsts = np.empty_like(ends)
   if len(ends):
     firsts[0], firsts[1:] = 0, ends[:-1] + 1
   extra = ends - firsts  # bytes after the first
-  # int16 values are 0 … 32767 in 1-3 bytes (a third byte of 0 or 1) or −32768 … −1 in 10
-  # bytes (bits 15-63 all set: 0x7E in the third byte's, 0xFF six times, then 0x01).
-  if np.any((extra > 2) & (extra != 9)) or np.any(b[firsts[extra == 2] + 2] > 1):
+  third = b[firsts + 2].astype(np.uint16)
+  if not np.all(
+    (extra < 2) | ((extra == 2) & (third <= 1)) | ((extra == 9) & (third & 0x7E == 0x7E))
+  ) or not np.all(b[ends[extra == 9]] == 0x01):
     raise ValueError("the stored audio holds values outside the int16 range")
-  negative = firsts[extra == 9]
-  if len(negative) and not (
-    np.all(b[negative + 2] & 0x7E == 0x7E)
-    and np.all(b[negative[:, None] + np.arange(3, 9)] == 0xFF)
-    and np.all(b[negative + 9] == 0x01)
-  ):
-    raise ValueError("the stored audio holds values outside the int16 range")
-  low = np.zeros(len(b) + 2, np.uint16)
-  low[: len(b)] = b & 0x7F
-  samples = (
-    low[firsts] | (low[firsts + 1] << 7) * (extra >= 1) | (low[firsts + 2] << 14) * (extra >= 2)
-  )
+  samples = b[firsts].astype(np.uint16) & 0x7F
+  samples |= ((b[firsts + 1].astype(np.uint16) & 0x7F) << 7) * (extra >= 1)
+  samples |= ((third & 0x7F) << 14) * (extra >= 2)
   return samples.view(np.int16)
 
 
