@@ -40,6 +40,7 @@ SAME_MESH_RTOL = 1e-5
 # After a restore onto another mesh shape, reductions split differently, and the float32
 # differences compound over the remaining Adam updates.
 OTHER_MESH_RTOL = 1e-4
+MIXTURE = (("sslax_demo_corpus", "train"), ("sslax_demo_corpus", "dev"))
 
 
 def free_port() -> int:
@@ -97,6 +98,37 @@ def test_processes_read_disjoint_rows_that_make_the_global_batch(demo_data_dir):
     batches = [part.host_batch(k) for part in parts]
     for name, value in whole.host_batch(k).items():
       np.testing.assert_array_equal(np.concatenate([b[name] for b in batches]), value)
+
+
+def test_mixture_processes_read_disjoint_rows_that_make_the_global_batch(demo_data_dir):
+  """A two-source mixture (train and dev of the demo corpus) read by 2 processes: each
+  reads its own half of every global batch's rows, and the halves are the 1-process batch."""
+  config = demo.get_config("tiny")
+  data = config.data.copy_and_resolve_references()
+  data.data_dir, data.mixture = demo_data_dir, MIXTURE
+
+  def stream(index, count):
+    frames = wav2vec2_step.frames_fn(config)
+    return pretraining_stream.PretrainingStream(
+      data, config.masking, frames, seed=0, process_index=index, process_count=count
+    )
+
+  whole, parts = stream(0, 1), [stream(i, 2) for i in range(2)]
+  sources_read = [set(), set()]  # per process
+  for k in range(4):
+    rows = whole.schedule.batch_rows(k)
+    positions = [p.schedule.batch_rows(k).positions[p.schedule.host_rows(k)] for p in parts]
+    examples = [p.schedule.batch_indices(k)[p.schedule.host_rows(k)] for p in parts]
+    assert [len(p) for p in positions] == [4, 4] and not set(positions[0]) & set(positions[1])
+    np.testing.assert_array_equal(np.concatenate(positions), rows.positions)
+    np.testing.assert_array_equal(np.concatenate(examples), rows.examples)
+    for read, e in zip(sources_read, examples, strict=True):
+      read.update(whole.schedule.source_of(int(i)) for i in e)
+    batches = [part.host_batch(k) for part in parts]
+    for name, value in whole.host_batch(k).items():
+      assert all(len(b[name]) == 4 for b in batches), name
+      np.testing.assert_array_equal(np.concatenate([b[name] for b in batches]), value)
+  assert sources_read == [{0, 1}, {0, 1}]  # each process read rows of both sources
 
 
 def test_four_processes_train_as_one_stop_together_and_resume_on_another_mesh(
