@@ -148,10 +148,12 @@ def test_main_job_killed_at_random_moments_resumes_bitwise(tmp_path, demo_data_d
       if steps:
         assert latest is None or max(steps) >= latest, (steps, latest)
         latest = max(steps)
+    print(f"{landed_mid_save} kills mid-save, {said_resumed} runs logged their resume")
     assert latest is not None and latest < TOTAL_STEPS
     assert said_resumed >= KILLS // 2, said_resumed
-    # Kills really hit saves in progress (each leaves a new partial directory behind).
-    assert landed_mid_save >= 2, landed_mid_save
+    # Kills really hit saves in progress (each leaves a new partial directory behind); the
+    # seeded draws wait for a save's directory 5 times in 10.
+    assert landed_mid_save >= KILLS // 3, landed_mid_save
 
     log_start = log_size(workdir)
     # The rest in one go: saving every step, which made kills land in saves, only slows it.
