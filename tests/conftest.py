@@ -3,12 +3,23 @@
 XLA reads XLA_FLAGS when the backend starts, so this must run before JAX is imported.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session and the processes it starts (they
+# inherit the environment): the same tiny programs, compiled in-process by one test and in
+# a `python -m sslax.main` child by another, are compiled once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="sslax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
