@@ -146,7 +146,10 @@ def test_edge_lengths(valid, min_masks):
 def test_zero_length_and_empty_batches():
   rng = np.random.default_rng(9)
   mask_BxF = masking.batch_span_masks(rng, 30, np.array([0, 25, 0]), **BASE)
-  assert not mask_BxF.any()
+  # Each row is masked on its own: empty rows stay empty, the full row is masked in its
+  # valid frames only (fairseq's per-row min_masks=2 spans of 10 frames).
+  assert not mask_BxF[[0, 2]].any()
+  assert mask_BxF[1, :25].sum() >= 10 and not mask_BxF[1, 25:].any()
   empty = masking.batch_span_masks(rng, 30, np.zeros(0, int), **BASE)
   assert empty.shape == (0, 30)
 
