@@ -8,9 +8,9 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+import xla_flags
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags.cpu_devices(8)).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session and the processes it starts (they
 # inherit the environment): the same tiny programs, compiled in-process by one test and in
@@ -27,6 +27,14 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402  (after XLA_FLAGS)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core, at most one per 6 GiB of memory (a worker holds up to
+  about 5 GiB of compiled programs and the processes its tests start)."""
+  cores = len(os.sched_getaffinity(0))
+  memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  return max(1, min(cores, int(memory_gib // 6)))
 
 
 @pytest.fixture(autouse=True)

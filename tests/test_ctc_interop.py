@@ -35,6 +35,7 @@ import safetensors.numpy  # noqa: E402
 from streams import take
 import torch  # noqa: E402
 import transformers  # noqa: E402
+import xla_flags
 
 from configs import common, demo_ctc  # noqa: E402
 from sslax import evaluate  # noqa: E402
@@ -66,7 +67,7 @@ def finetuned(demo_data_dir, tmp_path_factory):
     capture_output=True,
     text=True,
     timeout=600,
-    env=dict(os.environ, XLA_FLAGS=""),  # one CPU device, as a user's machine
+    env=dict(os.environ, XLA_FLAGS=xla_flags.cpu_devices(1)),  # one CPU device, as a user's machine
   )
   if result.returncode != 0:
     raise AssertionError(f"sslax.main failed:\n{result.stderr[-5000:]}")

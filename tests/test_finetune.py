@@ -13,6 +13,7 @@ import jiwer
 import numpy as np
 import pytest
 from streams import take
+import xla_flags
 
 from configs import demo, demo_ctc
 from sslax import evaluate
@@ -216,7 +217,7 @@ def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data
   # One CPU device, as a user's machine has (not the 8 fake ones of the tests).
   env = dict(
     os.environ,
-    XLA_FLAGS="",
+    XLA_FLAGS=xla_flags.cpu_devices(1),
     JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )

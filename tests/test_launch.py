@@ -14,6 +14,8 @@ import stat
 import subprocess
 import sys
 
+import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -127,7 +129,7 @@ def test_slurm_script_runs_one_job_across_tasks(tmp_path, demo_data_dir):
     SLURM_STEP_NODELIST="localhost",
     SLURM_NTASKS="2",
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    XLA_FLAGS=xla_flags.cpu_devices(2),
   )
   result = subprocess.run(
     [

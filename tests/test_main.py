@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +93,7 @@ def test_a_run_stopped_by_an_error_exits_at_once_with_its_error(
   3 of 3 pretraining runs did before sslax read through grain."""
   env = dict(
     os.environ,
-    XLA_FLAGS="",  # one CPU device, as a user's machine has
+    XLA_FLAGS=xla_flags.cpu_devices(1),  # one CPU device, as a user's machine has
     JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),  # compiled once, read twice
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )

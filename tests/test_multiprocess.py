@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import xla_flags
 
 from configs import demo
 from sslax.data import pretraining_stream
@@ -34,7 +35,6 @@ from sslax.train import checkpoints, sharding, wav2vec2_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 MESH = ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
 # Same mesh shape as the reference, other processes: cross-process reductions may add in
 # another order (float32).
@@ -64,10 +64,10 @@ def main_flags(workdir, data_dir, *overrides):
 
 
 def local_launch(tmp_path, processes, devices, flags, **popen):
-  """launch/local.sh with an interpreter wrapper that adds FAST_COMPILE to its XLA_FLAGS."""
+  """launch/local.sh with an interpreter wrapper that adds xla_flags.FAST_COMPILE."""
   python = tmp_path / "python_fast_compile"
   python.write_text(
-    f'#!/bin/sh\nXLA_FLAGS="$XLA_FLAGS {FAST_COMPILE}" exec {sys.executable} "$@"\n'
+    f'#!/bin/sh\nXLA_FLAGS="$XLA_FLAGS {xla_flags.FAST_COMPILE}" exec {sys.executable} "$@"\n'
   )
   python.chmod(0o755)
   env = dict(os.environ, SSLAX_COORDINATOR_PORT=str(free_port()), PYTHON=str(python))
@@ -154,7 +154,7 @@ def test_two_processes_from_scratch_train_as_one_on_a_mixture(tmp_path, demo_dat
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
   )
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags.cpu_devices(8))
   reference_log = tmp_path / "one.log"  # a file: nobody reads a pipe while we wait on two
   with open(reference_log, "w") as log:
     reference = subprocess.Popen(
@@ -265,7 +265,7 @@ def test_four_processes_train_as_one_stop_together_and_resume_on_another_mesh(
 
   # ---- One process with all 8 devices, uninterrupted ---------------------------------
   reference_dir = str(tmp_path / "reference")
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags.cpu_devices(8))
   subprocess.run(
     [sys.executable, "-m", "sslax.main", *main_flags(reference_dir, demo_data_dir, *MESH)],
     cwd=REPO,

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import xla_flags
 
 from sslax.train import checkpoints
 
@@ -43,7 +44,7 @@ class ForkServer:
       JAX_COMPILATION_CACHE_DIR=compilation_cache,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      XLA_FLAGS=xla_flags.cpu_devices(1),
       JAX_PLATFORMS="cpu",
       OPENBLAS_NUM_THREADS="1",  # the server must be single-threaded to fork safely
       PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
