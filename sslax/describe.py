@@ -3,14 +3,15 @@
 Command (from the repository root):
   python -m sslax.describe --config=configs/w2v_large.py
 
-Prints parameters per module (top-level submodules and one level below) and training
-FLOPs per second of audio (train = 3 x forward) at the config's crop length
-`config.data.max_samples`. Expected: Base 95,044,608 parameters and 15.4 GFLOP forward per
-second of audio; Large 317,390,592 and 41.1 GFLOP (REFERENCE.md). HuBERT (configs/
-hubert_base.py, hubert_large.py) has the same backbone with its own head instead of the
-quantizer. Every frontend (waveform conv stack, log mel + conv2d subsampling) and encoder
-(Transformer, conformer) of `config.model` is counted, and BEST-RQ's head and frozen
-quantizer (whose variables are not parameters: they are listed after the total).
+Prints parameters per module (top-level submodules and one level below) and training FLOPs
+per second of audio (train = 3 x forward) at the config's crop length
+`config.data.max_samples`. Expected (the architectures of Baevski et al. 2020, appendix
+B): Base 95,044,608 parameters and 15.4 GFLOP forward per second of audio; Large
+317,390,592 and 41.1 GFLOP. HuBERT (configs/hubert_base.py, hubert_large.py) has the same
+backbone with its own head instead of the quantizer. Every frontend (waveform conv stack,
+log mel + conv2d subsampling) and encoder (Transformer, conformer) of `config.model` is
+counted, and BEST-RQ's head and frozen quantizer (whose variables are not parameters: they
+are listed after the total).
 
 FLOPs are analytic, 2 x multiply-adds of the matmuls and convolutions; norms, activations,
 softmax and other elementwise work are left out. XLA's CPU cost analysis of the forward
