@@ -12,9 +12,9 @@ Commands (one per frontend/encoder/objective pairing of issue 6):
   bestrq: log mel + conformer, BEST-RQ (configs/bestrq_conformer_0.6b.py shrunk: 4
           codebooks of 1024 instead of 16 of 8192).
 
-Each is configs/demo.py's run (4 x 256 encoder, batch 8 of 5 s crops, 450 steps, lr 1e-3)
-with the conformer in place of the Transformer (depthwise kernel 15). Steps per second and
-the loss after 100 steps on this machine: benchmarks/RESULTS.md.
+Each is configs/demo.py's shrunk_base() run (4 x 256 encoder, batch 8 of 5 s crops, 450
+steps, lr 1e-3) with the conformer in place of the Transformer (depthwise kernel 15). Steps
+per second and the loss after 100 steps on this machine: benchmarks/RESULTS.md.
 
 Append `,tiny` (e.g. `:bestrq,tiny`) for a 1-block width-32 model on 1 s crops, for tests
 and smoke runs.
@@ -32,7 +32,7 @@ def get_config(arg=None):
       f"configs/demo_conformer.py takes one of {VARIANTS}, optionally ',tiny'; got {arg!r}"
     )
   tiny = size == "tiny"
-  c = demo.get_config("tiny" if tiny else None)
+  c = demo.get_config("tiny") if tiny else demo.shrunk_base()
   c.unlock()
   # demo.py's Transformer fields and conv stack, a conformer in place of its Transformer.
   shared = {k: v for k, v in c.model.items() if k in common.bestrq_model()}

@@ -11,7 +11,7 @@ of layer 0 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo, which say
 The paper's iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also
 keeps the two iterations' cluster-quality numbers comparable (PNMI grows with K).
 
-Model: configs/demo.py's shrunk Base (128-channel conv extractor, 4 x 256 Transformer,
+Model: configs/demo.py's shrunk_base() (128-channel conv extractor, 4 x 256 Transformer,
 final_dim 128) with HuBERT's head; objective, masking (p=0.8) and clipping as fairseq's
 hubert_base_librispeech.yaml; batch 8 of 5 s crops, lr 1e-3 (demo.py's), 3,500 steps
 with 280 (8 %, fairseq's share) of warmup: about 65 minutes on 2 idle CPU cores. Shorter
@@ -41,7 +41,7 @@ def get_config(arg=None):
     )
   tiny = size == "tiny"
   num_classes, label_rate, units_dir = _ITERATIONS[iteration]
-  w2v = demo.get_config("tiny" if tiny else None)  # the demo run and model to mirror
+  w2v = demo.get_config("tiny") if tiny else demo.shrunk_base()  # the run to mirror
   c = common.hubert_pretrain_config()
   for field in ("total_steps", "log_every", "checkpoint_every", "compute_dtype"):
     c[field] = w2v[field]

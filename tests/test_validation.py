@@ -69,27 +69,28 @@ def test_a_split_with_no_full_batch_is_named(tmp_path, demo_data_dir):
     loop.train(config, str(tmp_path))
 
 
-def summary(accuracy, codes):
-  return {"accuracy": accuracy, "code_perplexity": codes, "loss": 1.0}
+def summary(contrastive_loss, codes):
+  return {"contrastive_loss": contrastive_loss, "accuracy": 0.05, "code_perplexity": codes}
 
 
 def test_plateau_and_collapse_are_said_once_after_the_configured_updates(caplog):
   config = demo.get_config()
-  config.objective.num_negatives = 100  # chance 1/101
+  config.objective.num_negatives = 100  # chance ln 101 = 4.615 nats
   config.model.latent_vars, config.model.latent_groups = 320, 2
   config.diagnose.after_steps = 100
   watch = diagnosis.Diagnosis(config)
   with caplog.at_level(logging.WARNING):
-    watch.check(50, summary(0.01, 1.0))  # too early
+    watch.check(50, summary(4.615, 1.0))  # too early
     assert not caplog.records
-    watch.check(100, summary(0.05, 400.0))  # learning, healthy codebook
+    watch.check(100, summary(4.4, 400.0))  # learning, healthy codebook
     assert not caplog.records
-    watch.check(120, summary(0.012, 400.0))
-    watch.check(140, summary(0.011, 400.0))
+    watch.check(120, summary(4.59, 400.0))
+    watch.check(140, summary(4.6, 400.0))
     plateau = [r.getMessage() for r in caplog.records]
-    assert len(plateau) == 1 and "accuracy is 0.012, chance is 0.010" in plateau[0]
-    watch.check(160, summary(0.3, 20.0))
-    watch.check(180, summary(0.3, 10.0))
+    assert len(plateau) == 1 and "loss is 4.590 nats per masked frame, chance is" in plateau[0]
+    assert "ln(K + 1) = 4.615" in plateau[0]
+    watch.check(160, summary(3.9, 20.0))
+    watch.check(180, summary(3.9, 10.0))
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and "code perplexity is 20.0 of 640 codewords" in messages[1]
   assert diagnosis.Diagnosis.for_config(demo.get_config()) is not None
