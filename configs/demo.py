@@ -38,7 +38,9 @@ last training line / the dev split's validation, K = 100):
 Seeds matter at this size: seed 1 of the 600-update run ends at 0.277 train / 0.322 dev
 against seed 0's 0.307 / 0.295, so single-arm differences under about 0.03 are noise.
 
-Result on 2 idle CPU cores: MEASURE.
+Result on 2 idle CPU cores, from a fresh clone: install 75 s, the run 6 min 45 s (corpus
+preparation and compiles included); the last training line reads accuracy 0.311, the last
+dev validation 0.320.
 
 `shrunk_base()` is the earlier demo (Base shrunk to 3.8M parameters), which the conformer
 and HuBERT demos mirror; `--config=configs/demo.py:tiny` is a 2-layer width-32 model on 1 s
@@ -48,6 +50,10 @@ crops for tests and smoke runs (a step takes milliseconds).
 import ml_collections
 
 from configs import common
+
+# Base's 7-layer waveform encoder (kernels 10, 3 x 4, 2 x 2; 320x downsampling) at 32
+# channels instead of 512.
+_CONV_32 = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
 
 
 def get_config(arg=None):
@@ -65,7 +71,7 @@ def get_config(arg=None):
   c.data.min_samples = 8_000
   c.masking.mask_prob = 0.2
   c.model = common.wav2vec2_model(
-    conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+    conv_layers=_CONV_32,
     embed_dim=64,
     num_layers=4,
     num_heads=4,
@@ -130,7 +136,7 @@ def _tiny():
   c.data.min_samples = 8_000
   c.objective.num_negatives = 10
   c.model = common.wav2vec2_model(
-    conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+    conv_layers=_CONV_32,
     embed_dim=32,
     num_layers=2,
     num_heads=2,
