@@ -14,13 +14,13 @@ OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting its pool), and every child i
 its own backend. Each child parses the flags afresh: the server never parses them.
 """
 
-import json
 import os
 import sys
 import threading
 import traceback
 
 from absl import app
+import fork_serve
 from jax._src import xla_bridge
 
 from sslax import main
@@ -39,23 +39,7 @@ def check_fork_safe() -> None:
 
 def serve(config: str) -> None:
   check_fork_safe()
-  for line in sys.stdin:
-    request = json.loads(line)
-    check_fork_safe()
-    pid = os.fork()
-    if pid == 0:
-      _child(config, request)
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(
-      json.dumps(
-        {
-          "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
-          "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        }
-      ),
-      flush=True,
-    )
+  fork_serve.serve(lambda request: _child(config, request), before_fork=check_fork_safe)
 
 
 def _child(config: str, request: dict) -> None:

@@ -41,6 +41,7 @@ from test_sigkill import (
   partial_saves,
   wait_until,
 )
+import xla_flags
 
 from sslax.train import checkpoints
 
@@ -62,9 +63,7 @@ class MainForkServer(ForkServer):
       JAX_COMPILATION_CACHE_DIR=compilation_cache,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-      # Without LLVM optimisations: a third less compile time, the same program for every
-      # run compared here (tests/test_multiprocess.py).
-      XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+      XLA_FLAGS=xla_flags.cpu_devices(8),
       JAX_PLATFORMS="cpu",
       OPENBLAS_NUM_THREADS="1",  # the server must be single-threaded to fork safely
       PYTHONPATH=REPO,

@@ -14,12 +14,12 @@ The server must start single-threaded (OPENBLAS_NUM_THREADS=1) and never touch a
 backend itself, so every child initialises its own.
 """
 
-import json
 import os
 import sys
 import traceback
 
 import flax.linen as nn
+import fork_serve
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -159,22 +159,7 @@ def config(**overrides) -> ml_collections.ConfigDict:
 
 def serve() -> None:
   """The fork server (module docstring). Request: {"workdir", "config": overrides}."""
-  for line in sys.stdin:
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-      _child(request)
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(
-      json.dumps(
-        {
-          "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
-          "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        }
-      ),
-      flush=True,
-    )
+  fork_serve.serve(_child)
 
 
 def _child(request: dict) -> None:
