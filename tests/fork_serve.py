@@ -32,3 +32,11 @@ def serve(child: Callable[[dict], None], before_fork: Callable[[], None] = lambd
       ),
       flush=True,
     )
+
+
+def log_to_workdir(workdir: str) -> None:
+  """Sends this (child) process's stdout and stderr to WORKDIR/log.txt, appending."""
+  os.makedirs(workdir, exist_ok=True)
+  log = os.open(os.path.join(workdir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+  os.dup2(log, 1)
+  os.dup2(log, 2)

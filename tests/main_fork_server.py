@@ -45,12 +45,7 @@ def serve(config: str) -> None:
 def _child(config: str, request: dict) -> None:
   code = 1
   try:
-    os.makedirs(request["workdir"], exist_ok=True)
-    log = os.open(
-      os.path.join(request["workdir"], "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    )
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    fork_serve.log_to_workdir(request["workdir"])
     argv = [
       "sslax.main",
       f"--config={config}",

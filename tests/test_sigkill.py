@@ -35,22 +35,26 @@ TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's in-progress save directories
 
 
 class ForkServer:
-  """`python tests/toy_job.py serve`: one toy training run at a time, forked."""
+  """A fork server (tests/fork_serve.py) started as `python -u SCRIPT ARGS...`: one run at
+  a time, forked; by default `python tests/toy_job.py serve`, the toy training run."""
 
-  def __init__(self, compilation_cache: str):
+  def __init__(
+    self, compilation_cache: str, script_args: tuple[str, ...] = ("toy_job.py", "serve"), devices=1
+  ):
     env = dict(
       os.environ,
       # The first (uninterrupted) run compiles and fills the cache; later runs only read.
       JAX_COMPILATION_CACHE_DIR=compilation_cache,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-      XLA_FLAGS=xla_flags.cpu_devices(1),
+      XLA_FLAGS=xla_flags.cpu_devices(devices),
       JAX_PLATFORMS="cpu",
       OPENBLAS_NUM_THREADS="1",  # the server must be single-threaded to fork safely
       PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
     )
+    script, *args = script_args
     self._process = subprocess.Popen(
-      [sys.executable, "-u", os.path.join(REPO, "tests", "toy_job.py"), "serve"],
+      [sys.executable, "-u", os.path.join(REPO, "tests", script), *args],
       cwd=REPO,
       env=env,
       stdin=subprocess.PIPE,

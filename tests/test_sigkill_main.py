@@ -25,8 +25,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -41,7 +39,6 @@ from test_sigkill import (
   partial_saves,
   wait_until,
 )
-import xla_flags
 
 from sslax.train import checkpoints
 
@@ -51,31 +48,6 @@ KILLS = 10
 # A kill comes at most two logged steps after the furthest before its run started, and a
 # run killed mid-save redoes its last step: 2 x KILLS + 2 steps are never all done first.
 TOTAL_STEPS = 2 * KILLS + 2
-
-
-class MainForkServer(ForkServer):
-  """tests/main_fork_server.py on configs/demo.py:tiny, 8 fake CPU devices."""
-
-  def __init__(self, compilation_cache: str):
-    env = dict(
-      os.environ,
-      # The uninterrupted run compiles and fills the cache; later runs only read it.
-      JAX_COMPILATION_CACHE_DIR=compilation_cache,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-      XLA_FLAGS=xla_flags.cpu_devices(8),
-      JAX_PLATFORMS="cpu",
-      OPENBLAS_NUM_THREADS="1",  # the server must be single-threaded to fork safely
-      PYTHONPATH=REPO,
-    )
-    self._process = subprocess.Popen(
-      [sys.executable, "-u", os.path.join(REPO, "tests", "main_fork_server.py"), CONFIG],
-      cwd=REPO,
-      env=env,
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      text=True,
-    )
 
 
 def log_size(workdir: str) -> int:
@@ -100,7 +72,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_main_job_killed_at_random_moments_resumes_bitwise(tmp_path, demo_data_dir):
-  server = MainForkServer(str(tmp_path / "jax_cache"))
+  # tests/main_fork_server.py: the real main job, 8 fake CPU devices.
+  server = ForkServer(str(tmp_path / "jax_cache"), ("main_fork_server.py", CONFIG), devices=8)
   run = {"total_steps": TOTAL_STEPS, "data.data_dir": demo_data_dir}
   try:
     reference_dir = str(tmp_path / "reference")

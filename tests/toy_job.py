@@ -165,12 +165,7 @@ def serve() -> None:
 def _child(request: dict) -> None:
   code = 1
   try:
-    os.makedirs(request["workdir"], exist_ok=True)
-    log = os.open(
-      os.path.join(request["workdir"], "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    )
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    fork_serve.log_to_workdir(request["workdir"])
     loop.train(config(**request["config"]), request["workdir"], setup())
     code = 0
   except BaseException:  # noqa: B036  anything: report it in the log, never return
