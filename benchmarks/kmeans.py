@@ -36,7 +36,7 @@ from sklearn import cluster
 import threadpoolctl
 
 from sslax.clustering import kmeans
-from sslax.train import sharding
+from sslax.core import sharding
 
 _FEATURES = flags.DEFINE_string("features", None, "f32[N, D] .npy file; else synthetic points.")
 _SYNTHETIC_POINTS = flags.DEFINE_integer("synthetic_points", 200_000, "N of the mixture.")

@@ -32,10 +32,11 @@ from ml_collections import config_flags
 import numpy as np
 import soundfile
 
+from sslax.core import sharding
+from sslax.core import state as state_lib
 from sslax.data import masking
-from sslax.interop import checkpoint
-from sslax.train import metrics, sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.registry import checkpoint
+from sslax.train import metrics, wav2vec2_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _OUT = flags.DEFINE_string("out", None, "Where params/ and log.jsonl go.")

@@ -27,9 +27,10 @@ from ml_collections import config_flags
 import numpy as np
 
 from sslax import describe
+from sslax.core import sharding
+from sslax.core import state as state_lib
 from sslax.data import masking
-from sslax.train import sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.train import wav2vec2_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")

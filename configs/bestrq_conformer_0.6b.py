@@ -14,7 +14,8 @@ frames of 40 ms, mask_prob 0.4 in fairseq's convention). Our choices, not the pa
 4096 (4 x width), depthwise kernel 5, 256 subsampling channels, dropout 0.1 and no
 layerdrop, wav2vec 2.0 Base's optimizer (Adam, lr 5e-4, 32k warmup, linear decay), wav2vec
 2.0 Large's batch (480 crops of 20 s) and 1M updates (BEST-RQ trains with batch 2048 and a
-Transformer schedule we do not reproduce).
+Transformer schedule we do not reproduce). The papers' values above are not re-checked
+against their full texts (docs/references.md lists each and what would confirm it).
 `python -m sslax.describe --config=configs/bestrq_conformer_0.6b.py` prints parameters
 (the 16 x 8192 softmax head alone is 134M) and FLOPs.
 """

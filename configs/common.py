@@ -224,6 +224,15 @@ def kmeans_config() -> ml_collections.ConfigDict:
       examples_per_shard=1_000,  # examples per unit shard (consecutive in the split)
     )
   )
+
+  # 'checkpoint' features: cluster the candidate hidden state whose units score the highest
+  # PNMI on held-out speech (sslax/units/layer_choice.py); () clusters features.layer.
+  c.layer_choice = ml_collections.ConfigDict(
+    dict(
+      layers=(),  # candidate hidden states, e.g. (0, 1, 2, 3, 4)
+      split="dev",  # TFDS split with phone alignments that the fit sample never saw
+    )
+  )
   return c
 
 
@@ -363,11 +372,19 @@ def finetune_config() -> ml_collections.ConfigDict:
     )
   )
 
+  # Validation (fairseq's valid_subset, best_checkpoint_metric wer): greedy decoding of the
+  # whole split, WER and CER logged as `valid` lines; the best state by (WER, CER) is kept
+  # in workdir/checkpoints_best (best_metric 'cer': by (CER, WER), sslax/train/best.py).
+  # `batches` must stay 0 (take part of a split as 'dev[:64]').
+  c.valid.update(split="dev_other", every=1_000, best_metric="wer")
+
   # The evaluate job (and evaluation from scripts): greedy CTC decoding, WER and CER.
   c.eval = ml_collections.ConfigDict(
     dict(
-      split="dev_other",  # split scored by --config.job=evaluate (fairseq's valid_subset)
-      batch_size=16,  # global batch; utterances are padded to the split's longest
+      split="dev_other",  # split scored by --config.job=evaluate
+      batch_size=16,  # global batch (validation's too); utterances padded to the longest
+      # 'best' (by validation WER; the latest for a run that never validates) or 'latest'.
+      checkpoint="best",
     )
   )
   return c

@@ -10,7 +10,8 @@ fairseq base_100h.yaml: 80k updates, Adam(0.9, 0.98, eps 1e-8), lr 3e-5, tri-sta
 (0.1, 0.4, 0.5; final scale 0.05), no Transformer freeze, mask_prob 0.65, channel masks
 0.5 x 64, layerdrop 0.1, activation dropout 0.1, feature encoder frozen, 2 GPUs x 3.2M
 samples x update_freq 4 (about 128 utterances per update), all of train_clean100.
-Expected (paper, Base, 100 h labels, no LM): about 6.1 / 13.3 WER test-clean / test-other.
+Expected (paper, Base, 100 h labels, no LM): about 6.1 / 13.3 WER test-clean / test-other
+(the paper's appendix results without LM, not re-checked: docs/references.md).
 """
 
 from configs import common

@@ -11,7 +11,8 @@ fairseq base_10h.yaml: 20k updates, Adam(0.9, 0.98, eps 1e-8), lr 5e-5, tri-stag
 channel masks 0.5 x 64, layerdrop 0.05, activation dropout 0.1, feature encoder frozen,
 2 GPUs x 3.2M samples x update_freq 4 (about 128 utterances per update). Libri-light's
 10 h set is not a TFDS split: a seeded 600-minute subset of train_clean100 stands in.
-Expected (paper, Base, 10 h labels, no LM): about 11 / 17.6 WER test-clean / test-other.
+Expected (paper, Base, 10 h labels, no LM): about 11 / 17.6 WER test-clean / test-other
+(the paper's appendix results without LM, not re-checked: docs/references.md).
 """
 
 from configs import common

@@ -12,7 +12,8 @@ channel masks 0.25 x 64, layerdrop 0.1, activation dropout 0.1, feature encoder 
 Its 2 GPUs x 3.2M samples x update_freq 4 exceed the whole 10-minute set, so an update
 is about all of it; here 32 of its ~48 utterances. Libri-light's 10-minute set is not a
 TFDS split: a seeded 10-minute subset of train_clean100 stands in (`data.subset_seed`).
-Expected (paper, Base, 10 min labels, no LM): about 46 / 50 WER test-clean / test-other.
+Expected (paper, Base, 10 min labels, no LM): about 46 / 50 WER test-clean / test-other
+(the paper's appendix results without LM, not re-checked: docs/references.md).
 """
 
 from configs import common

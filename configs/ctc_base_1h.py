@@ -11,7 +11,8 @@ fairseq base_1h.yaml: 13k updates, Adam(0.9, 0.98, eps 1e-8), lr 5e-5, tri-stage
 channel masks 0.25 x 64, layerdrop 0.1, activation dropout 0.1, feature encoder frozen,
 2 GPUs x 3.2M samples x update_freq 4 (about 128 utterances per update). Libri-light's
 1 h set is not a TFDS split: a seeded 60-minute subset of train_clean100 stands in.
-Expected (paper, Base, 1 h labels, no LM): about 24 / 29 WER test-clean / test-other.
+Expected (paper, Base, 1 h labels, no LM): about 24 / 29 WER test-clean / test-other
+(the paper's appendix results without LM, not re-checked: docs/references.md).
 """
 
 from configs import common

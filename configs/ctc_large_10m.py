@@ -15,7 +15,9 @@ per-utterance normalisation (as the Large pretraining), 4 GPUs x 1.28M samples x
 update_freq 5: more than the whole set, so here 32 of its ~48 utterances per update.
 Libri-light's 10-minute set is not a TFDS split: a seeded 10-minute subset of
 train_clean100 stands in. Expected (paper, Large LV-60k, 10 min, no LM): about 43 / 46
-WER test-clean / test-other (4.8 / 8.2 with a Transformer LM).
+WER test-clean / test-other (the appendix results without LM, not re-checked: which row
+is LV-60k's is an open item in docs/references.md); 4.8 / 8.2 with a Transformer LM (the
+paper's abstract).
 """
 
 from configs import common, w2v_large

@@ -12,7 +12,8 @@ fairseq vox_960h.yaml: 320k updates, Adam(0.9, 0.98, eps 1e-8), lr 3e-5, tri-sta
 channel masks 0.25 x 64, layerdrop 0.1, activation dropout 0.1, feature encoder frozen,
 per-utterance normalisation, 24 GPUs x 1.28M samples (about 160 utterances per update).
 Expected (paper, Large LV-60k, 960 h, no LM): about 2.2 / 4.5 WER test-clean /
-test-other (1.8 / 3.3 with a Transformer LM).
+test-other (the appendix results without LM, not re-checked: docs/references.md);
+1.8 / 3.3 with a Transformer LM (the paper's abstract).
 """
 
 from configs import common, w2v_large

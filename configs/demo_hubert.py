@@ -7,7 +7,8 @@ Commands (the README's HuBERT section; results in benchmarks/RESULTS.md):
   python -m sslax.main --config=configs/demo_hubert.py:iter2 --workdir=/tmp/sslax-hubert-it2
 
 iter1: K=100 k-means units of MFCC at 100 Hz (configs/kmeans_mfcc.py); iter2: K=100 units
-of layer 0 of the iter1 model at 50 Hz (configs/kmeans_hubert.py:demo, which says why).
+of the iter1 model's hidden state with the best dev PNMI, chosen by the k-means job
+(layer 0 in the runs of benchmarks/RESULTS.md), at 50 Hz (configs/kmeans_hubert.py:demo).
 The paper's iteration 2 uses K=500 on 960 h; on 40 minutes K stays at 100, which also
 keeps the two iterations' cluster-quality numbers comparable (PNMI grows with K).
 

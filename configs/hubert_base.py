@@ -15,7 +15,9 @@ Model: 94,371,712 parameters in the backbone (Hugging Face `HubertModel`, e.g.
 facebook/hubert-base-ls960) plus 324,864 in the head at K=500 (94,696,576). fairseq:
 32 GPUs x 1.4M samples per update, crops <= 250k samples, lr 5e-4 with 32k warmup steps,
 clip 10, feature penalty 10. Expected: after iteration 2, 10 h CTC fine-tuning with a
-4-gram LM gives 4.3 / 9.4 WER on test-clean / test-other (the paper's Base).
+4-gram LM gives 4.3 / 9.4 WER on test-clean / test-other (the paper's Base). The paper's
+numbers here (250k updates, K=500 of layer 6, the WERs) are not re-checked against its
+tables; each value against its source: docs/references.md.
 """
 
 from configs import common

@@ -4,7 +4,7 @@ Command:
   python -m sslax.main --config=configs/kmeans_mfcc.py --workdir=/tmp/sslax-units-mfcc
 
 Writes /tmp/sslax-units-mfcc/units/ (centroids, one unit shard per 1,000 utterances,
-manifest.json; layout in sslax/units/shards.py). Settings as fairseq's
+manifest.json; layout in sslax/data/unit_shards.py). Settings as fairseq's
 examples/hubert/simple_kmeans (learn_kmeans.py defaults, a 10% utterance sample), with
 Lloyd passes in place of scikit-learn's mini-batches (`--config.kmeans.method=minibatch`
 for those). On the demo corpus's train split (498 utterances, 242k frames; 24k fitted)

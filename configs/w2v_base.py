@@ -5,10 +5,12 @@ Command (TPU pod or GPU cluster, one process per host):
     --config.data.name=librispeech \
     --config.data.split=train_clean100+train_clean360+train_other500
 
-Model: 95,044,608 parameters (Baevski et al. 2020, Base). fairseq trains 400k updates on
-64 V100s with 1.4M samples each (about 1.6 h of audio per update) and crops of at most
-250k samples; with static shapes that is 384 crops of 250,000 samples (1.67 h) per update.
-Expected: contrastive accuracy above 0.6 and loss near 2 late in training.
+Model: Baevski et al. 2020's Base, 95,044,608 parameters (the count of transformers'
+`Wav2Vec2ForPreTraining` of this architecture). fairseq trains 400k updates on 64 GPUs
+(V100s in the paper) with 1.4M samples each (about 1.6 h of audio per update) and crops
+of at most 250k samples; with static shapes that is 384 crops of 250,000 samples (1.67 h)
+per update.
+Each value against its source: docs/references.md.
 """
 
 from configs import common

@@ -3,11 +3,13 @@
 Command (TPU pod or GPU cluster, one process per host):
   python -m sslax.main --config=configs/w2v_large.py --workdir=DIR --config.data.name=...
 
-Model: 317,390,592 parameters (Baevski et al. 2020, Large LV-60k): layer-norm conv extractor
+Model: Baevski et al. 2020's Large LV-60k, 317,390,592 parameters (transformers'
+`Wav2Vec2ForPreTraining` of this architecture counts the same): layer-norm conv extractor
 with bias, 24 pre-LN layers of width 1024, final_dim 768, Gumbel temperature 2 -> 0.1,
 no dropout. fairseq: 128 GPUs x 1.2M samples (2.7 h per update), crops <= 320k samples,
-per-utterance normalisation, feature penalty off, lr 5e-3 in the yaml (the paper says 3e-4
-for 600k updates; the yaml's 1M updates and 5e-3 are kept here since they are what runs).
+per-utterance normalisation, feature penalty off, lr 5e-3 in the yaml (the paper gives 3e-4
+for 600k updates, not re-checked here; the yaml's 1M updates and 5e-3 are kept here since
+they are what runs). Each value against its source: docs/references.md.
 Static-shape equivalent: 480 crops of 320,080 samples (1000 frames).
 """
 

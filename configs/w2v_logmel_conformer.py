@@ -5,7 +5,8 @@ Command (TPU pod or GPU cluster, one process per host):
     --config.data.name=librispeech \
     --config.data.split=train_clean100+train_clean360+train_other500
 
-Sources: fairseq examples/wav2vec/config/pretraining/wav2vec2_large_fbank_librispeech.yaml:
+Sources: fairseq examples/wav2vec/config/pretraining/wav2vec2_large_fbank_librispeech.yaml
+(on fairseq's `ust` branch, commit 7e2a8ea; it is not on `main`):
 80 filterbank features, 20 ms frames (`fbank_stride: 2`), the Large conformer with rotary
 positions (`pos_enc_type: rope`), diversity weight 0.2, feature penalty 0, lr 5e-3, crops
 of 250k samples, per-utterance normalisation, mask 0.65 x 10. Differences, stated: fairseq

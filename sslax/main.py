@@ -1,7 +1,9 @@
 """sslax entry point: `python -m sslax.main --config=configs/NAME.py --workdir=DIR`.
 
 Config fields are overridden with `--config.FIELD=value` (e.g. `--config.total_steps=10`,
-`--config.mesh.fsdp=4`); an unknown field is an error. Multi-host jobs pass
+`--config.mesh.fsdp=4`); an unknown field is an error. `--config.job=evaluate` scores the
+run in the workdir as its own config.json describes it: only what evaluation is free to
+change may be overridden (sslax/evaluate.py `EVALUATION_FREE`). Multi-host jobs pass
 `--coordinator_address`, `--num_processes` and `--process_id` (or set nothing on TPU pods,
 where `--distributed` alone lets JAX find its peers).
 """
@@ -10,9 +12,11 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sslax import evaluate
-from sslax.train import ctc_step, distributed, loop
+from sslax import evaluate, loop
+from sslax.core import chatter
+from sslax.train import ctc_step, distributed
 from sslax.units import job as units_job
+from sslax.units import layer_choice
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
@@ -36,15 +40,10 @@ _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still show)."""
-  return record.levelno >= logging.converter.STANDARD_WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  chatter.install()
   # Must precede any device query.
   if _DISTRIBUTED.value or _COORDINATOR.value:
     distributed.initialize(
@@ -61,9 +60,10 @@ def main(argv: list[str]) -> None:
   elif config.job == "finetune":
     loop.train(config, _WORKDIR.value, ctc_step.finetuning_setup)
   elif config.job == "evaluate":
-    evaluate.evaluate(config, _WORKDIR.value)
+    overrides = config_flags.get_override_values(flags.FLAGS[_CONFIG.name])
+    evaluate.evaluate(evaluate.evaluation_config(_WORKDIR.value, config, overrides), _WORKDIR.value)
   elif config.job == "kmeans":
-    units_job.run(config, _WORKDIR.value)
+    units_job.run(layer_choice.resolve(config, _WORKDIR.value), _WORKDIR.value)
   else:
     raise ValueError(
       f"config.job={config.job!r} is not a job sslax runs; expected 'pretrain', 'finetune', "

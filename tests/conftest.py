@@ -21,6 +21,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Under pytest-xdist every worker has a core of its own: OpenMP libraries (scikit-learn's
+# k-means, torch) would otherwise start a thread per core in each worker and oversubscribe
+# the machine (test_kmeans' scikit-learn reference: 4 s alone, 42 s beside another worker).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 import threading  # noqa: E402

@@ -15,9 +15,10 @@ import tensorflow_datasets as tfds
 
 from configs import common, demo_ctc
 from sslax import evaluate
-from sslax.data import labelled, pretraining_stream, splits, text
+from sslax.core import sharding, text
+from sslax.data import labelled, pretraining_stream, splits
 from sslax.models import frontends
-from sslax.train import ctc_step, sharding
+from sslax.train import ctc_step
 
 CONV = common.WAV2VEC2_CONV_LAYERS
 NAME = "bad_audio_corpus"

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslax.train import checkpoints
-from sslax.train import state as state_lib
+from sslax.core import checkpoints
+from sslax.core import state as state_lib
 
 
 @flax.struct.dataclass

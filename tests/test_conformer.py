@@ -25,9 +25,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from sslax.core import sharding  # noqa: E402
 from sslax.interop import hf_architecture_maps, hf_tensor_map  # noqa: E402
 from sslax.models import conformer  # noqa: E402
-from sslax.train import sharding  # noqa: E402
 
 ATOL = 1e-4
 DIM, HEADS, MLP, LAYERS, KERNEL = 32, 4, 48, 2, 7

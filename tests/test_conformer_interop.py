@@ -38,9 +38,13 @@ import transformers  # noqa: E402
 
 from configs import common, demo_conformer, w2v_conformer_large  # noqa: E402
 from sslax import extract  # noqa: E402
-from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
-from sslax.train import checkpoints, loop  # noqa: E402
-from sslax.train import state as state_lib  # noqa: E402
+from sslax.core import (
+  checkpoints,  # noqa: E402
+  workdirs,  # noqa: E402
+)
+from sslax.core import state as state_lib  # noqa: E402
+from sslax.interop import hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
+from sslax.registry import checkpoint  # noqa: E402
 
 ATOL = 1e-4
 LENGTHS = (8000, 5600, 3300)  # samples: 24, 17 and 10 frames
@@ -236,7 +240,7 @@ def test_export_from_a_training_workdir_takes_its_batch_statistics(importer, tmp
   config.unlock()
   config.model = loaded.model_config
   workdir = str(tmp_path / "workdir")
-  loop.write_config(config, workdir)
+  workdirs.write_config(config, workdir)
   state = state_lib.TrainState(
     step=np.int32(7), params=loaded.params, opt_state={}, model_state=loaded.model_state
   )

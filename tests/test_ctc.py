@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import demo, demo_ctc
-from sslax.data import text
+from sslax.core import text
 from sslax.models import ctc, wav2vec2
 from sslax.objectives import ctc as objective
 from sslax.train import optim

@@ -38,10 +38,18 @@ import transformers  # noqa: E402
 import xla_flags
 
 from configs import common, demo_ctc  # noqa: E402
-from sslax import evaluate  # noqa: E402
-from sslax.data import labelled, text  # noqa: E402
-from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_processor  # noqa: E402
-from sslax.train import ctc_step, init_from, sharding  # noqa: E402
+from sslax import (
+  evaluate,  # noqa: E402
+  init_from,  # noqa: E402
+)
+from sslax.core import (
+  sharding,  # noqa: E402
+  text,  # noqa: E402
+)
+from sslax.data import labelled  # noqa: E402
+from sslax.interop import hf, hf_config_fields, hf_families, hf_processor  # noqa: E402
+from sslax.registry import checkpoint, model_types  # noqa: E402
+from sslax.train import ctc_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
@@ -142,7 +150,7 @@ def test_logits_and_greedy_transcripts_match_sslax(finetuned, exported, tmp_path
   loaded = checkpoint.read_workdir(workdir)
   processor, model = _load_hf(exported)
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  sslax_model = checkpoint.build_model(loaded.model_config)
+  sslax_model = model_types.build_model(loaded.model_config)
   utterances = _utterances(config)
   audio_BxS = np.zeros((len(utterances), max(len(s) for _, s in utterances)), np.float32)
   paddings_BxS = np.ones_like(audio_BxS)
@@ -195,7 +203,7 @@ def test_import_round_trip_and_init_from(finetuned, exported, tmp_path, capsys):
   assert "initialised afresh: nothing" in printed
   assert "--config.data.normalize=false" in printed
   imported = checkpoint.read_sslax_checkpoint(sslax_dir)
-  assert checkpoint.model_type(imported.model_config) == "ctc"
+  assert model_types.model_type(imported.model_config) == "ctc"
   assert imported.model_config.to_dict() == dict(
     original.model_config.to_dict(), feature_grad_mult=0.0
   )

@@ -17,9 +17,10 @@ import xla_flags
 
 from configs import demo, demo_ctc
 from sslax import evaluate
-from sslax.data import labelled, text
-from sslax.train import checkpoints, ctc_step, sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.core import checkpoints, sharding, text
+from sslax.core import state as state_lib
+from sslax.data import labelled
+from sslax.train import ctc_decode, ctc_step, wav2vec2_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FREEZE = 3
@@ -155,7 +156,7 @@ def test_tiny_model_learns_to_transcribe_a_fixed_batch(tiny):
   ]
 
   def cer(params):
-    decode = evaluate.make_decode_fn(trainer.model, trainer.state_shardings.params, mesh)
+    decode = ctc_decode.make_decode_fn(trainer.model, trainer.state_shardings.params, mesh)
     with sharding.activate(mesh):
       best, frames = jax.device_get(decode(params, sharding.global_batch(batch, mesh)))
     hypotheses = [vocab.decode(text.collapse(b[:n])) for b, n in zip(best, frames, strict=True)]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from configs import common
-from sslax.interop import checkpoint
 from sslax.models import frontends, hubert
 from sslax.objectives import hubert as objective
+from sslax.registry import model_types
 
 SMALL = dict(
   conv_layers=((16, 10, 5), (16, 3, 2), (16, 2, 2)),
@@ -86,8 +86,8 @@ def test_head_projects_and_splits_per_label_set(untie):
 
 def test_backbone_parameters_are_wav2vec2s():
   """Same names and shapes as Wav2Vec2's shared path: checkpoints move between the two."""
-  hubert_shapes = checkpoint.param_shapes(common.hubert_model(**SMALL))
-  wav2vec2_shapes = checkpoint.param_shapes(common.wav2vec2_model(**SMALL))
+  hubert_shapes = model_types.param_shapes(common.hubert_model(**SMALL))
+  wav2vec2_shapes = model_types.param_shapes(common.wav2vec2_model(**SMALL))
   hubert_head = {p for p in hubert_shapes if p.split("/")[0] in ("final_proj", "label_embs_concat")}
   wav2vec2_head = {
     p for p in wav2vec2_shapes if p.split("/")[0] in ("final_proj", "project_q", "quantizer")
@@ -139,7 +139,7 @@ def test_loss_and_head_gradients_match_fairseq_reference():
   num_classes = (5, 7)
   no_dropout = dict(dropout=0.0, attention_dropout=0.0, dropout_input=0.0, layerdrop=0.0)
   model_config = common.hubert_model(**SMALL, num_classes=num_classes, **no_dropout)
-  params = checkpoint.init_params(model_config, seed=2)
+  params = model_types.init_params(model_config, seed=2)
   audio_BxS, paddings_BxS, mask_BxF = _batch()
   rng = np.random.default_rng(1)
   units = [rng.integers(0, k, size=mask_BxF.shape) for k in num_classes]

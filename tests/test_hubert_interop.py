@@ -23,7 +23,8 @@ import transformers  # noqa: E402
 
 from configs import common, demo, hubert_base, hubert_large  # noqa: E402
 from sslax import describe, extract  # noqa: E402
-from sslax.interop import checkpoint, hf, hf_config_fields, hf_families  # noqa: E402
+from sslax.interop import hf, hf_config_fields, hf_families  # noqa: E402
+from sslax.registry import checkpoint, model_types  # noqa: E402
 
 ATOL = 1e-4
 SMALL = dict(
@@ -67,7 +68,7 @@ def hf_hubert(tmp_path_factory):
 def test_unsupported_hubert_options_are_named(key, value, match):
   hf_config = dict(transformers.HubertConfig(**SMALL).to_dict(), architectures=[hf_families.HUBERT])
   model_config = hf_config_fields.model_config_from_hf(hf_config)
-  assert checkpoint.model_type(model_config) == "hubert"
+  assert model_types.model_type(model_config) == "hubert"
   hf_config[key] = value
   with pytest.raises(ValueError, match=match):
     hf_config_fields.model_config_from_hf(hf_config)
@@ -113,7 +114,7 @@ def test_extract_reads_hf_and_sslax_hubert_checkpoints(hf_hubert, tmp_path, caps
 
 
 def _zero_params(model_config):
-  shapes = checkpoint.param_shapes(model_config)
+  shapes = model_types.param_shapes(model_config)
   return flax.traverse_util.unflatten_dict(
     {path: np.zeros(shape, np.float32) for path, shape in shapes.items()}, sep="/"
   )
@@ -127,7 +128,7 @@ def test_checkpoints_record_the_model_type(tmp_path):
   assert fields["model_type"] == "hubert" and fields["num_classes"] == [100, 50]
   loaded_config, _ = checkpoint.load_sslax_checkpoint(str(tmp_path / "h"))
   assert loaded_config.to_dict() == hubert_config.to_dict()
-  assert isinstance(checkpoint.build_model(loaded_config), checkpoint.MODELS["hubert"])
+  assert isinstance(model_types.build_model(loaded_config), model_types.MODELS["hubert"])
 
   # Written before HuBERT: no model_type, a wav2vec 2.0 model.
   wav2vec2_config = demo.get_config("tiny").model
@@ -140,7 +141,7 @@ def test_checkpoints_record_the_model_type(tmp_path):
     json.dump(fields, f)
   loaded_config, _ = checkpoint.load_sslax_checkpoint(str(path))
   assert loaded_config.to_dict() == wav2vec2_config.to_dict()
-  assert checkpoint.model_type(loaded_config) == "wav2vec2"
+  assert model_types.model_type(loaded_config) == "wav2vec2"
 
   with open(path / checkpoint.CONFIG_FILE, "w") as f:
     json.dump(dict(fields, model_type="hubert"), f)
@@ -149,7 +150,7 @@ def test_checkpoints_record_the_model_type(tmp_path):
   fields = hubert_config.to_dict()
   del fields["num_classes"]
   with pytest.raises(ValueError, match=r"closest 'hubert' lacks \['num_classes'\]"):
-    checkpoint.model_type(ml_collections.ConfigDict(fields))
+    model_types.model_type(ml_collections.ConfigDict(fields))
 
 
 def _hf_num_params(**fields):

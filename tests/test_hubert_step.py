@@ -18,13 +18,16 @@ import pytest
 from streams import take
 
 from configs import demo_hubert, kmeans_hubert
-from sslax import extract
+from sslax import extract, loop
+from sslax.core import checkpoints, sharding
+from sslax.core import state as state_lib
 from sslax.data import hubert_stream
+from sslax.data import unit_labels as labels
+from sslax.data import unit_shards as shards
 from sslax.data.demo_corpus import builder as demo_builder
 from sslax.models import frontends
-from sslax.train import checkpoints, loop, sharding, wav2vec2_step
-from sslax.train import state as state_lib
-from sslax.units import job, labels, shards
+from sslax.train import wav2vec2_step
+from sslax.units import job
 
 # float32 sums in another order on 8 devices.
 LOSS_RTOL = 1e-5

@@ -18,10 +18,11 @@ from streams import take
 
 from configs import common, demo_hubert
 from sslax.data import hubert_stream
+from sslax.data import unit_labels as labels
+from sslax.data import unit_shards as shards
 from sslax.data.demo_corpus import builder as demo_builder
 from sslax.models import backbone
 from sslax.train import wav2vec2_step
-from sslax.units import labels, shards
 
 
 def hubert_config(units_dir, data_dir, **data):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from configs import demo
-from sslax.data import text
-from sslax.interop import checkpoint, hf
-from sslax.train import checkpoints, init_from
+from sslax import init_from
+from sslax.core import checkpoints, text
+from sslax.interop import hf
+from sslax.registry import checkpoint, model_types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ def test_align_ctc_head_moves_columns_to_the_runs_tokens(caplog):
 def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
   """The first step of a run from a checkpoint uses exactly the checkpoint's parameters."""
   model_config = demo.get_config("tiny").model
-  source = checkpoint.init_params(model_config, seed=123)
+  source = model_types.init_params(model_config, seed=123)
   source_dir = str(tmp_path / "pretrained")
   checkpoint.save_sslax_checkpoint(source_dir, model_config, source)
   workdir = str(tmp_path / "run")
@@ -115,7 +116,7 @@ def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
 
 def test_load_source_reads_a_hugging_face_checkpoint(tmp_path):
   model_config = demo.get_config("tiny").model
-  params = checkpoint.init_params(model_config, seed=7)
+  params = model_types.init_params(model_config, seed=7)
   hf.export_hf(str(tmp_path), model_config, params)
   loaded, fresh, _ = init_from.load_source(f"hf:{tmp_path}")
   assert fresh == []

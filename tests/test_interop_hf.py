@@ -35,8 +35,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from configs import common, demo, w2v_base, w2v_large  # noqa: E402
-from sslax.interop import checkpoint, hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
+from sslax.interop import hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
 from sslax.models import frontends  # noqa: E402
+from sslax.registry import checkpoint, model_types  # noqa: E402
 
 ATOL = 1e-4
 LENGTHS = (8000, 5600, 3300)  # samples: 24, 17 and 10 frames
@@ -129,7 +130,7 @@ def _batch():
 
 
 def _sslax_outputs(model_config, params, audio_BxS, paddings_BxS):
-  model = checkpoint.build_model(model_config)
+  model = model_types.build_model(model_config)
   frames = frontends.num_frames(audio_BxS.shape[1], model_config.conv_layers)
 
   @jax.jit
@@ -141,7 +142,7 @@ def _sslax_outputs(model_config, params, audio_BxS, paddings_BxS):
       jnp.zeros((audio_BxS.shape[0], frames), bool),
       train=False,
       return_hidden_states=True,
-      **checkpoint.eval_kwargs(model_config),
+      **model_types.eval_kwargs(model_config),
     )
 
   return jax.tree.map(np.asarray, run(params, audio_BxS, paddings_BxS))
@@ -259,7 +260,7 @@ def test_sslax_checkpoint_round_trip_and_identity_projection(tmp_path):
   # configs/demo.py:tiny has conv width == embed_dim, so no post_extract_proj: export writes
   # an identity projection (exact) and import accepts exactly that.
   model_config = demo.get_config("tiny").model
-  params = checkpoint.init_params(model_config, seed=1)
+  params = model_types.init_params(model_config, seed=1)
   checkpoint.save_sslax_checkpoint(str(tmp_path / "a"), model_config, params)
   loaded_config, loaded = checkpoint.load_sslax_checkpoint(str(tmp_path / "a"))
   assert loaded_config.to_dict() == model_config.to_dict()
@@ -380,7 +381,7 @@ def _hf_num_params(**fields):
 
 
 def _sslax_num_params(model_config):
-  return sum(int(np.prod(shape)) for shape in checkpoint.param_shapes(model_config).values())
+  return sum(int(np.prod(shape)) for shape in model_types.param_shapes(model_config).values())
 
 
 def test_parameter_counts_equal_transformers():

@@ -19,7 +19,7 @@ from sklearn import cluster
 import threadpoolctl
 
 from sslax.clustering import kmeans
-from sslax.train import sharding
+from sslax.core import sharding
 
 INERTIA_RTOL = 1e-5
 CENTROID_ATOL = 1e-4

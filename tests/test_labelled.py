@@ -5,7 +5,8 @@ import pytest
 import streams
 
 from configs import demo_ctc
-from sslax.data import labelled, splits, text
+from sslax.core import text
+from sslax.data import labelled, splits
 from sslax.models import frontends
 from sslax.train import wav2vec2_step
 

@@ -15,9 +15,10 @@ import numpy as np
 from streams import take
 
 from configs import demo
+from sslax.core import sharding
+from sslax.core import state as state_lib
 from sslax.data import pretraining_stream
-from sslax.train import sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.train import wav2vec2_step
 
 STEPS = 150
 

@@ -30,8 +30,9 @@ import pytest
 import xla_flags
 
 from configs import demo
+from sslax.core import checkpoints, sharding
 from sslax.data import pretraining_stream
-from sslax.train import checkpoints, sharding, wav2vec2_step
+from sslax.train import wav2vec2_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16

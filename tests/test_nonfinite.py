@@ -19,8 +19,10 @@ from test_sharding import synthetic_batch
 import toy_job
 
 from configs import demo, demo_ctc
-from sslax.train import checkpoints, ctc_step, loop, sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax import loop
+from sslax.core import checkpoints, sharding
+from sslax.core import state as state_lib
+from sslax.train import ctc_step, wav2vec2_step
 
 
 def inf_gradient(loss_fn):

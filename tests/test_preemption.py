@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import toy_job
 
-from sslax.train import checkpoints, loop
+from sslax import loop
+from sslax.core import checkpoints
 
 
 class SigtermBefore:

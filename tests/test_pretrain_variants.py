@@ -13,9 +13,10 @@ import pytest
 from test_sharding import synthetic_batch
 
 from configs import common, demo, demo_conformer
+from sslax.core import sharding
+from sslax.core import state as state_lib
 from sslax.models import backbone, spectrogram
-from sslax.train import sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.train import wav2vec2_step
 
 VARIANTS = ("w2v,tiny", "logmel,tiny", "bestrq,tiny")
 # float32 on CPU: sharded reductions (batch statistics too) add in another order.

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import xla_flags
 
-from sslax.train import checkpoints
+from sslax.core import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = 20

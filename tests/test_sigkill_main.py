@@ -40,7 +40,7 @@ from test_sigkill import (
   wait_until,
 )
 
-from sslax.train import checkpoints
+from sslax.core import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo.py:tiny"

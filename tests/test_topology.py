@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sslax.train import sharding
+from sslax.core import sharding
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,11 +21,12 @@ import soundfile
 
 from configs import demo, demo_conformer, kmeans_hubert, kmeans_mfcc
 from sslax import extract
+from sslax.data import unit_shards as shards
 from sslax.data.demo_corpus import builder as demo_builder
 from sslax.features import mfcc
-from sslax.interop import checkpoint
 from sslax.models import frontends
-from sslax.units import job, shards, sources
+from sslax.registry import checkpoint, model_types
+from sslax.units import job, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,7 +197,7 @@ def test_bad_fields_are_named(tmp_path, demo_data_dir):
 def test_checkpoint_layer_units(tmp_path, demo_data_dir):
   model_config = demo.get_config("tiny").model
   path = str(tmp_path / "ckpt")
-  checkpoint.save_sslax_checkpoint(path, model_config, checkpoint.init_params(model_config, 0))
+  checkpoint.save_sslax_checkpoint(path, model_config, model_types.init_params(model_config, 0))
   config = kmeans_hubert.get_config()
   config.data.data_dir = demo_data_dir
   config.data.split = "dev[:4]"
@@ -266,13 +267,13 @@ def test_checkpoint_layer_uses_a_conformers_running_statistics(tmp_path):
   """A batch-norm conformer's features come from its saved running statistics."""
   model_config = demo_conformer.get_config("w2v,tiny").model
   init = flax.linen.meta.unbox(
-    checkpoint.build_model(model_config).init(
+    model_types.build_model(model_config).init(
       jax.random.key(0),
       np.zeros((1, 16_080), np.float32),
       np.zeros((1, 16_080), np.float32),
       np.zeros((1, 50), bool),
       train=False,
-      **checkpoint.eval_kwargs(model_config),
+      **model_types.eval_kwargs(model_config),
     )
   )
   params = jax.tree.map(np.asarray, init["params"])

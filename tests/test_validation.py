@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from sslax.train import diagnosis, loop
+from sslax import loop
+from sslax.train import diagnosis
 
 
 def tiny(demo_data_dir, **overrides):

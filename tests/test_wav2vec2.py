@@ -306,7 +306,7 @@ def test_every_parameter_has_logical_names():
     assert set(box.names) <= allowed
 
 
-# The logical-to-mesh rules the brief gives the trainer (sslax/train/sharding.py owns the
+# The logical-to-mesh rules the brief gives the trainer (sslax/core/sharding.py owns the
 # real table); 'batch' comes before 'embed' so activations shard over batch only.
 _RULES = (
   ("batch", ("data", "fsdp")),

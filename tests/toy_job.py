@@ -1,7 +1,7 @@
 """A toy training job for tests of the loop's machinery, and a fork server that runs it.
 
 `setup` plugs a two-layer regression model (Dense, BatchNorm, tanh, Dense) and a seeded
-synthetic stream into the real `sslax.train.loop.train`: the real Checkpointer (orbax,
+synthetic stream into the real `sslax.loop.train`: the real Checkpointer (orbax,
 asynchronous), metrics, preemption watch, `wav2vec2_step.make_update_step` and
 `nonfinite.guard`, with a step that compiles in well under a second. `config.model.
 embed_dim` sets the hidden width, so two widths are two model sizes.
@@ -26,9 +26,11 @@ import ml_collections
 import numpy as np
 
 from configs import demo
+from sslax import loop
+from sslax.core import sharding
+from sslax.core import state as state_lib
 from sslax.data import executor
-from sslax.train import loop, nonfinite, optim, sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.train import nonfinite, optim, wav2vec2_step
 
 DIM = 16  # input features
 

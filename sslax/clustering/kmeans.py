@@ -44,7 +44,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from sslax.train import sharding
+from sslax.core import sharding
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # float32 matmuls, never TF32/bf16 passes
 _PASS_ROWS = 1 << 18  # points per vectorised step of a full pass

@@ -4,13 +4,13 @@
 it resumes exactly as wav2vec 2.0's) whose host batches also hold
 
   labels i32[b, L]: the units under each row's crop, L = round(S · label_rate / 16 kHz)
-    (`labels.num_labels` of the batch's crop length S), IGNORE_LABEL (-1) past the
+    (`unit_labels.num_labels` of the batch's crop length S), IGNORE_LABEL (-1) past the
     utterance's last unit.
 
 The train step maps them to the model's frames with `objectives.hubert.frame_labels`
 (frame f takes unit floor(f · label_rate / frame_rate)). Each row's units are found by
 its example's key (the units manifest's `key_feature`, read from the example) in
-`sslax.units.labels.UnitLabels` and cut where the row's audio was cropped
+`sslax.data.unit_labels.UnitLabels` and cut where the row's audio was cropped
 (`PretrainingStream.host_audio` says which example each row holds and where its crop
 starts), as fairseq's HubertDataset crops labels with the audio.
 
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from sslax.data import pretraining_stream
-from sslax.units import labels as labels_lib
+from sslax.data import unit_labels as labels_lib
 
 
 class HubertStream(pretraining_stream.PretrainingStream):

@@ -26,7 +26,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from sslax.data import decode, executor, masking, pretraining_stream, splits, text
+from sslax.core import text
+from sslax.data import decode, executor, masking, pretraining_stream, splits
 
 # Random streams of the data seed beyond the pretraining stream's (0-2).
 _CHANNEL_STREAM = 3

@@ -24,7 +24,7 @@ from apache_beam.options import pipeline_options
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sslax.data import manifest
+from sslax.data import manifest_entries
 
 
 class _Decode(beam.DoFn):
@@ -39,12 +39,12 @@ class _Decode(beam.DoFn):
     entry = json.loads(line)
     notes = collections.Counter()
     try:
-      speech = manifest.decode(entry["path"], resample=self._resample, notes=notes)
+      speech = manifest_entries.decode(entry["path"], resample=self._resample, notes=notes)
     except Exception as error:  # soundfile raises several types for bad files
       if self._on_error == "raise":
-        raise ValueError(f"{entry['path']}: cannot decode audio ({error})") from error
+        raise ValueError(manifest_entries.why_skipped(entry["path"], error)) from error
       beam.metrics.Metrics.counter("sslax", "skipped").inc()
-      record = [entry["index"], entry["path"], manifest.one_line(error)]
+      record = [entry["index"], entry["path"], manifest_entries.one_line(error)]
       yield beam.pvalue.TaggedOutput("skipped", json.dumps(record))
       return
     for name, count in notes.items():
@@ -82,7 +82,7 @@ def _read_skipped(prefix: str) -> list[tuple[str, str]]:
 
 
 def build(
-  entries: Mapping[str, list[manifest.Entry]],
+  entries: Mapping[str, list[manifest_entries.Entry]],
   on_error: str,
   resample: bool,
   beam_options: Sequence[str],

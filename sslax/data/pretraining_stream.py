@@ -27,7 +27,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from sslax.data import augment, decode, executor, schedule, splits
+from sslax.data import augment, decode, executor, masking, schedule, splits
 
 
 class PretrainingStream:
@@ -126,6 +126,7 @@ class PretrainingStream:
           f"config.data.mixture: {split.name}:{split.split} has no example of at least "
           f"config.data.min_samples={data.min_samples} samples"
         )
+    self._warn_if_masks_do_not_fit(data, mask_config, frames_fn, usable)
     self.schedule = schedule.Schedule(
       self._lengths,
       self._offsets,
@@ -147,6 +148,21 @@ class PretrainingStream:
         self.schedule.bucket_batch_sizes,
         self.schedule.batches_per_epoch,
       )
+
+  def _warn_if_masks_do_not_fit(self, data, mask_config, frames_fn, usable) -> None:
+    """Logs `masking.fit_warning` for the rows' lengths: the usable examples, cut at the
+    crop (`data.max_samples`), at their median and 10th percentile."""
+    rows = np.minimum(self._lengths[usable], data.max_samples)
+    median, short = (frames_fn(int(np.percentile(rows, q))) for q in (50, 10))
+    warning = masking.fit_warning(
+      median,
+      short,
+      mask_prob=mask_config.mask_prob,
+      mask_length=mask_config.mask_length,
+      min_masks=mask_config.min_masks,
+    )
+    if warning:
+      logging.warning("%s:%s: %s", data.name, data.split, warning)
 
   def _index_problems(self, data, frames_fn) -> np.ndarray:
     """bool[num_examples]: the examples the index shows unusable (and those shorter than one

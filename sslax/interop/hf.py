@@ -15,7 +15,7 @@ encoders: `position_embeddings_type` 'relative' or 'rotary' (base 10000), any od
 `conv_depthwise_kernel_size`, batch norm (its running statistics become the model state,
 `batch_stats`), `hidden_act` 'swish' (= 'silu'; sslax's conformer has no other). HuBERT:
 HF's defaults `feat_proj_layer_norm=True` and `conv_pos_batch_norm=False`, which are
-fairseq's HubertModel. CTC: `pad_token_id` 0 is the blank, as sslax's (sslax/data/text.py),
+fairseq's HubertModel. CTC: `pad_token_id` 0 is the blank, as sslax's (sslax/core/text.py),
 and the directory's `vocab.json` must have sslax's layout (`<pad>`, `<s>`, `</s>`, `<unk>`,
 `|`, then the characters: the layout of fairseq-converted checkpoints such as
 facebook/wav2vec2-base-960h), with `|` the word delimiter.
@@ -77,7 +77,7 @@ logs a warning when they differ), and export writes sslax's values.
 Command line:
   python -m sslax.interop.hf import --from HF_DIR --to SSLAX_DIR [--seed 0]
   python -m sslax.interop.hf export --from SSLAX_DIR --to HF_DIR [--normalize true|false]
-SSLAX_DIR is an sslax checkpoint directory (sslax/interop/checkpoint.py gives its layout)
+SSLAX_DIR is an sslax checkpoint directory (sslax/registry/checkpoint.py gives its layout)
 or a training workdir (`sslax.main --workdir`), whose latest checkpoint is exported: a
 fine-tuning workdir (it holds vocab.json) exports as `Wav2Vec2ForCTC` with its tokenizer.
 `--normalize` says whether the model was trained on normalised waveforms (the
@@ -95,15 +95,15 @@ import flax.traverse_util
 import ml_collections
 import safetensors.numpy
 
-from sslax.data import text
+from sslax.core import text
 from sslax.interop import (
-  checkpoint,
   hf_architecture_maps,
   hf_config_fields,
   hf_families,
   hf_processor,
   hf_state_dict,
 )
+from sslax.registry import checkpoint, model_types
 
 # ---- Import and export ----------------------------------------------------------------
 
@@ -116,7 +116,7 @@ def read_hf(path: str, *, seed: int = 0) -> tuple[checkpoint.Checkpoint, list[st
   hf_config, tensors = hf_state_dict.read_hf_checkpoint(path)
   model_config = hf_config_fields.model_config_from_hf(hf_config)
   params, model_state, fresh = hf_state_dict.variables_from_hf(tensors, model_config, seed=seed)
-  vocab = hf_processor.read_vocab(path) if checkpoint.model_type(model_config) == "ctc" else None
+  vocab = hf_processor.read_vocab(path) if model_types.model_type(model_config) == "ctc" else None
   if vocab is not None and len(vocab) != model_config.vocab_size:
     raise ValueError(
       f"{path}: vocab.json has {len(vocab)} tokens, config.json vocab_size "

@@ -14,8 +14,9 @@ import dataclasses
 from absl import logging
 import ml_collections
 
-from sslax.data import text
-from sslax.interop import checkpoint, hf_families
+from sslax.core import text
+from sslax.interop import hf_families
+from sslax.registry import model_types
 
 # The transformers defaults (the same in `Wav2Vec2Config`, `Wav2Vec2ConformerConfig` and
 # `HubertConfig`) of every shared field read here; a config.json may leave out fields at
@@ -286,7 +287,7 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
     "to divide hidden_size",
   )
   fields = dict(
-    checkpoint.field_defaults(family.model_type),
+    model_types.field_defaults(family.model_type),
     conv_layers=tuple(
       (int(d), int(k), int(s))
       for d, k, s in zip(c["conv_dim"], c["conv_kernel"], c["conv_stride"], strict=True)

@@ -1,7 +1,7 @@
 """Which transformers class is which sslax model: the family table of sslax.interop.hf.
 
 A family is one transformers architecture (config.json's `model_type` and `architectures`)
-and the sslax model it becomes (`checkpoint.MODELS` type and `config.model.encoder`):
+and the sslax model it becomes (`model_types.MODELS` type and `config.model.encoder`):
 
   Wav2Vec2ForPreTraining, Wav2Vec2Model    wav2vec2, Transformer   (prefix 'wav2vec2.')
   Wav2Vec2ConformerForPreTraining,         wav2vec2, conformer     ('wav2vec2_conformer.')
@@ -17,7 +17,7 @@ import dataclasses
 
 import ml_collections
 
-from sslax.interop import checkpoint
+from sslax.registry import model_types
 
 PRETRAINING = "Wav2Vec2ForPreTraining"
 BASE_MODEL = "Wav2Vec2Model"
@@ -41,7 +41,7 @@ class Family:
     base_architecture: the bare encoder class (tensors unprefixed), whose missing head
       tensors import initialises afresh; None if import reads the full class only.
     base_prefix: where the base model's tensors live in the full architecture.
-    model_type: the sslax model type (`checkpoint.MODELS`), which names the head.
+    model_type: the sslax model type (`model_types.MODELS`), which names the head.
     encoder: the sslax encoder (`config.model.encoder`).
   """
 
@@ -104,7 +104,7 @@ def family_of_model(m: ml_collections.ConfigDict) -> Family:
   Raises:
     ValueError: the model has a frontend or encoder transformers has no class for.
   """
-  model_type = checkpoint.model_type(m)
+  model_type = model_types.model_type(m)
   families = [f for f in FAMILIES if f.model_type == model_type]
   shown = families[0].full_architecture
   if m.frontend != "waveform":

@@ -2,7 +2,7 @@
 
 A `Wav2Vec2ForCTC` directory's tokenizer (`vocab.json`, `tokenizer_config.json`,
 `special_tokens_map.json`) must have sslax's vocabulary layout and decoding
-(sslax/data/text.py: `<pad>` the blank, `|` the word delimiter, no lower-casing). Its
+(sslax/core/text.py: `<pad>` the blank, `|` the word delimiter, no lower-casing). Its
 feature extractor (`preprocessor_config.json`) says whether the model takes waveforms
 normalised per utterance (`do_normalize`, sslax's `config.data.normalize`).
 """
@@ -10,7 +10,7 @@ normalised per utterance (`do_normalize`, sslax's `config.data.normalize`).
 import json
 import os
 
-from sslax.data import text
+from sslax.core import text
 from sslax.interop import hf_config_fields
 
 # The tokenizer and feature extractor files of a CTC export.

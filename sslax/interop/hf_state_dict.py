@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from sslax.interop import checkpoint, hf_architecture_maps, hf_families, hf_tensor_map
+from sslax.interop import hf_architecture_maps, hf_families, hf_tensor_map
+from sslax.registry import model_types
 
 # PyTorch weight norm: the old `weight_norm` names and the newer parametrization names.
 _WEIGHT_NORM_NAMES = {
@@ -74,7 +75,7 @@ def variables_from_hf(
 
   Returns:
     (params, model_state, fresh): the numpy params tree of
-    `checkpoint.build_model(model_config)`, its other collections ({'batch_stats': ...}
+    `model_types.build_model(model_config)`, its other collections ({'batch_stats': ...}
     for a conformer, else {}), and the sorted '/'-joined paths of parameters initialised
     afresh (the quantizer, project_q and final_proj of a bare model; HuBERT's final_proj
     and label_embs_concat; mask_emb when masked_spec_embed is absent).
@@ -111,7 +112,7 @@ def variables_from_hf(
     if found is not None and not np.allclose(found, value, rtol=1e-6, atol=0):
       raise ValueError(f"HF tensor {prefix + name} is not what sslax computes from the config")
 
-  param_shapes, state_shapes = checkpoint.variable_shapes(m)
+  param_shapes, state_shapes = model_types.variable_shapes(m)
   shapes = {**param_shapes, **state_shapes}
   fresh = [t.sslax_path for t in table if t.hf_name not in tensors]
   present = [t for t in table if t.hf_name in tensors]
@@ -126,7 +127,7 @@ def variables_from_hf(
   flat = flax.traverse_util.flatten_dict(variables.pop("params"), sep="/")
   fresh += hf_architecture_maps.sslax_only(family, shapes)
   if fresh:
-    initial = flax.traverse_util.flatten_dict(checkpoint.init_params(m, seed), sep="/")
+    initial = flax.traverse_util.flatten_dict(model_types.init_params(m, seed), sep="/")
     flat.update({path: initial[path] for path in fresh})
   mapped = set(flat) | set(flax.traverse_util.flatten_dict(variables, sep="/"))
   if mapped != set(shapes):
@@ -164,7 +165,7 @@ def hf_tensors_from_params(
   prefix = family.base_prefix
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   flat_state = flax.traverse_util.flatten_dict(model_state or {}, sep="/")
-  missing = sorted(set(checkpoint.state_shapes(m)) - set(flat_state))
+  missing = sorted(set(model_types.state_shapes(m)) - set(flat_state))
   if missing:
     raise ValueError(f"model_state lacks {missing}: a conformer exports with its statistics")
   flat.update(flat_state)

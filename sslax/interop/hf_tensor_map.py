@@ -30,7 +30,7 @@ class Tensor:
   @property
   def key(self) -> str:
     """The path among all variables: as in the params tree, or 'collection/path'
-    (`checkpoint.param_shapes` and `checkpoint.state_shapes` keys)."""
+    (`model_types.param_shapes` and `model_types.state_shapes` keys)."""
     return (
       self.sslax_path if self.collection == "params" else f"{self.collection}/{self.sslax_path}"
     )

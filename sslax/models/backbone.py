@@ -64,6 +64,30 @@ def frame_rate_hz(model: Any) -> float:
   raise ValueError(f"config.model.frontend={model.frontend!r}; expected one of {FRONTENDS}")
 
 
+def frame_centre_offset(model: Any) -> int:
+  """Sample at the centre of frame 0 of the model's frontend; frame t is centred on
+  t * 16,000 / frame_rate_hz(model) + this (`model` as in `num_frames`).
+
+  'waveform': unpadded convolutions, so frame t sees the receptive field's R samples
+  from t * hop, R = 1 + sum_i (kernel_i - 1) * prod_{j < i} stride_j (400 for fairseq's
+  stack): the centre is R // 2 (200, where quality.frame_phones has always put it).
+  'logmel': librosa-centred mel frame m is centred on sample m * frame_step (uncentred:
+  m * frame_step + frame_length // 2), and each stride-2, kernel-3, padding-1 convolution
+  centres output frame j on input frame 2 j, so subsampled frame t sits on mel frame
+  t * mel_subsampling: the offset is 0 (frame_length // 2 uncentred).
+  """
+  if model.frontend == "waveform":
+    field, jump = 1, 1
+    for _, kernel, stride in model.conv_layers:
+      field += (kernel - 1) * jump
+      jump *= stride
+    return field // 2
+  if model.frontend == "logmel":
+    mel = spectrogram.LogMelFrontend  # the framing `make_frontend` builds with
+    return 0 if mel.center else mel.frame_length // 2
+  raise ValueError(f"config.model.frontend={model.frontend!r}; expected one of {FRONTENDS}")
+
+
 @flax.struct.dataclass
 class BackboneOutput:
   """What `Backbone.encode` returns.

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslax.data import text
+from sslax.core import text
 
 
 def min_frames(labels_BxL: jax.Array, label_paddings_BxL: jax.Array) -> jax.Array:

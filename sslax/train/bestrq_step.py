@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sslax.core import state as state_lib
 from sslax.models import bestrq
 from sslax.objectives import bestrq as objective
-from sslax.train import state as state_lib
 
 
 def build_model(config: ml_collections.ConfigDict) -> bestrq.BestRQ:

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sslax.core import state as state_lib
 from sslax.models import backbone, hubert
 from sslax.objectives import hubert as objective
-from sslax.train import state as state_lib
 
 
 def build_model(config: ml_collections.ConfigDict) -> hubert.HuBERT:

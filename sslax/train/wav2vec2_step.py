@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax.data import text
+from sslax.core import sharding, text
+from sslax.core import state as state_lib
 from sslax.models import backbone, wav2vec2
 from sslax.objectives import wav2vec2 as objective
-from sslax.train import accumulation, bestrq_step, hubert_step, nonfinite, optim, sharding
-from sslax.train import state as state_lib
+from sslax.train import accumulation, bestrq_step, hubert_step, nonfinite, optim
 
 _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
 OBJECTIVES = ("wav2vec2", "bestrq", "hubert")
@@ -248,6 +248,8 @@ class Trainer:
     head to it), else None.
   evaluate: jitted `(state, global batch, rng) -> metric sums` of the objective on a
     held-out batch (`make_eval_step`), or None where the job has none.
+  score_split: for a job that validates by decoding a whole split instead (CTC
+    fine-tuning: WER and CER), `split -> (state -> host metric sums)`; else None.
   """
 
   model: backbone.Backbone
@@ -258,6 +260,7 @@ class Trainer:
   step: Any
   vocab: text.Vocabulary | None = None
   evaluate: Any = None
+  score_split: Callable[[str], Callable[[state_lib.TrainState], dict[str, float]]] | None = None
 
 
 def build_trainer(

@@ -1,1 +1,3 @@
-"""The k-means job and the unit shards it writes for HuBERT pretraining."""
+"""The k-means job (`job`), its frame features (`sources`) and the units' quality analysis
+(`quality`); the unit shards it writes, which HuBERT pretraining reads, are laid out in
+sslax/data/unit_shards.py."""

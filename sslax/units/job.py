@@ -12,7 +12,7 @@
    consecutive examples; process p takes shards p, p + P, ...; every utterance of a shard
    is featurised and each frame assigned its nearest centroid; the shard file is written
    atomically.
-4. Process 0 writes `units/manifest.json` once every shard exists (sslax/units/shards.py).
+4. Process 0 writes `units/manifest.json` once every shard exists (sslax/data/unit_shards.py).
 
 Resuming: the centroids and every shard file already written are kept (files are renamed
 into place, so one that exists is complete). `kmeans.json` must record the same data,
@@ -31,9 +31,9 @@ import ml_collections
 import numpy as np
 
 from sslax.clustering import kmeans
-from sslax.data import splits
-from sslax.train import loop, sharding
-from sslax.units import shards, sources
+from sslax.core import sharding, workdirs
+from sslax.data import splits, unit_shards
+from sslax.units import sources
 
 _FIT_STREAM, _RESERVOIR_STREAM = 0, 1  # independent random streams from config.seed
 _ASSIGN_ROWS = 8_192  # frames per assignment call (one compiled shape)
@@ -148,7 +148,7 @@ def _check_resumable(path: str, settings: dict) -> None:
         )
 
 
-def _fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool) -> dict:
+def fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool) -> dict:
   """Streams the fit sample and runs k-means: {'centroids', 'record' (for kmeans.json)}."""
   num_examples = len(data_source)
   rng = np.random.default_rng([config.seed, _FIT_STREAM])
@@ -216,7 +216,7 @@ def _fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool) -
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Fits k-means and writes `workdir/units/` as the module docstring says; resumes."""
-  loop.write_config(config, workdir)
+  workdirs.write_config(config, workdir)
   units_dir = os.path.join(workdir, "units")
   os.makedirs(units_dir, exist_ok=True)
   is_primary = jax.process_index() == 0
@@ -238,23 +238,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   # The readers' threads end on every exit path (an error cancels the reads not started).
   with concurrent.futures.ThreadPoolExecutor(config.data.read_threads) as pool:
     # ---- Centroids: fit, or keep those of an earlier run ---------------------------------
-    centroids_path = os.path.join(units_dir, shards.CENTROIDS_FILE)
-    kmeans_path = os.path.join(units_dir, shards.KMEANS_FILE)
+    centroids_path = os.path.join(units_dir, unit_shards.CENTROIDS_FILE)
+    kmeans_path = os.path.join(units_dir, unit_shards.KMEANS_FILE)
     if os.path.exists(kmeans_path):
       _check_resumable(kmeans_path, settings)
       logging.info("resuming with the centroids in %s", centroids_path)
     else:
-      fitted = _fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool)
+      fitted = fit(config, data_source, audio_key, source, shard_list, mine, mesh, pool)
       if is_primary:
-        shards.write_npy(centroids_path, fitted["centroids"])
+        unit_shards.write_npy(centroids_path, fitted["centroids"])
         record = dict(
           settings=settings,
-          centroids_sha256=shards.file_sha256(centroids_path),
+          centroids_sha256=unit_shards.file_sha256(centroids_path),
           **fitted["record"],
         )
-        shards.write_json(kmeans_path, record)  # last: its existence marks a finished fit
+        unit_shards.write_json(kmeans_path, record)  # last: its existence marks a finished fit
     multihost_utils.sync_global_devices("k-means centroids written")
-    centroids_sha256 = shards.file_sha256(centroids_path)
+    centroids_sha256 = unit_shards.file_sha256(centroids_path)
     with open(kmeans_path) as f:
       fit_record = json.load(f)
     if fit_record["centroids_sha256"] != centroids_sha256:
@@ -270,9 +270,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     # ---- Assignment: one shard at a time, skipping complete ones -------------------------
     skipped = 0
     for index in mine:
-      path = os.path.join(units_dir, shards.shard_name(index, len(shard_list)))
+      path = os.path.join(units_dir, unit_shards.shard_name(index, len(shard_list)))
       if os.path.exists(path):
-        kept = shards.read_shard(path)
+        kept = unit_shards.read_shard(path)
         if str(kept["centroids_sha256"]) != centroids_sha256:
           raise ValueError(
             f"units shard {path} was assigned with other centroids than {centroids_path}; "
@@ -289,7 +289,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         data_source, audio_key, config.data, shard_list[index], pool, f"units shard {path}"
       )
       units = assign_units(source(waveforms), centroids_on_device)
-      shards.write_shard(
+      unit_shards.write_shard(
         path,
         keys,
         units,
@@ -304,8 +304,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if is_primary:
     entries = []
     for index, examples in enumerate(shard_list):
-      name = shards.shard_name(index, len(shard_list))
-      shard = shards.read_shard(os.path.join(units_dir, name))
+      name = unit_shards.shard_name(index, len(shard_list))
+      shard = unit_shards.read_shard(os.path.join(units_dir, name))
       entries.append(
         dict(
           file=name,
@@ -313,7 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           num_examples=len(examples),
           num_frames=int(shard["lengths"].sum()),
           keys=shard["keys"].tolist(),
-          sha256=shards.file_sha256(os.path.join(units_dir, name)),
+          sha256=unit_shards.file_sha256(os.path.join(units_dir, name)),
         )
       )
     manifest = dict(
@@ -321,9 +321,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       label_rate_hz=source.frame_rate_hz,
       dataset=settings["data"],
       features=source.description,
-      centroids=dict(file=shards.CENTROIDS_FILE, sha256=centroids_sha256, dim=source.dim),
+      centroids=dict(file=unit_shards.CENTROIDS_FILE, sha256=centroids_sha256, dim=source.dim),
       kmeans=fit_record,
       shards=entries,
     )
-    shards.write_json(os.path.join(units_dir, shards.MANIFEST_FILE), manifest)
-    logging.info("wrote %s: %d shards", os.path.join(units_dir, shards.MANIFEST_FILE), len(entries))
+    unit_shards.write_json(os.path.join(units_dir, unit_shards.MANIFEST_FILE), manifest)
+    logging.info(
+      "wrote %s: %d shards", os.path.join(units_dir, unit_shards.MANIFEST_FILE), len(entries)
+    )

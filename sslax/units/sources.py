@@ -23,6 +23,7 @@ class Mfcc:
   def __init__(self):
     self.dim = mfcc.FEATURE_DIM
     self.frame_rate_hz = mfcc.FRAME_RATE_HZ
+    self.frame_centre_offset = 200  # frame t: Kaldi's 400-sample window from t x 160
     self.description = dict(mfcc.PARAMS)
 
   def __call__(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
@@ -52,6 +53,8 @@ class CheckpointLayer:
     self._features = features
     self.dim = self._model_config.embed_dim
     self.frame_rate_hz = backbone.frame_rate_hz(self._model_config)
+    # Sample at the centre of frame 0: 200 for the conv stack, 0 for a log-mel frontend.
+    self.frame_centre_offset = backbone.frame_centre_offset(self._model_config)
     self.description = dict(
       type="checkpoint",
       checkpoint=features.checkpoint,

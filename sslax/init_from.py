@@ -1,14 +1,14 @@
 """Starting a run from pretrained parameters: `config.init_from`.
 
 `config.init_from` is '' (start from scratch), `hf:HF_DIR` (a transformers wav2vec 2.0
-checkpoint, imported on the fly), an sslax checkpoint directory (`sslax.interop`
-layout: config.json + params.safetensors) or a training workdir (its latest checkpoint's
-parameters, e.g. a pretraining run's for fine-tuning). Parameters that exist in the source with the
-same path and shape are loaded; the others keep their fresh initialisation and are listed,
-as are the source's parameters the model has no place for (a pretraining head, or the
-upper Transformer layers when the config keeps fewer, `model.num_layers`).
-A parameter with the same path but another shape means the configs disagree: an error that
-names it.
+checkpoint, imported on the fly), an sslax checkpoint directory
+(`sslax.registry.checkpoint` layout: config.json + params.safetensors) or a training
+workdir (its latest checkpoint's parameters, e.g. a pretraining run's for fine-tuning).
+Parameters that exist in the source with the same path and shape are loaded; the others
+keep their fresh initialisation and are listed, as are the source's parameters the model
+has no place for (a pretraining head, or the upper Transformer layers when the config
+keeps fewer, `model.num_layers`). A parameter with the same path but another shape means
+the configs disagree: an error that names it.
 
 A CTC source (a fine-tuning workdir, an sslax CTC checkpoint, or `hf:` a
 `Wav2Vec2ForCTC`) brings its vocabulary. When a fine-tuning run's vocabulary differs from it
@@ -26,9 +26,9 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from sslax.data import text
-from sslax.interop import checkpoint, hf
-from sslax.train import checkpoints
+from sslax.core import checkpoints, text
+from sslax.interop import hf
+from sslax.registry import checkpoint
 
 HF_PREFIX = "hf:"
 CTC_HEAD = ("lm_head/kernel", "lm_head/bias")  # f32[D, V], f32[V]: one column per token

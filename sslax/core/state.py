@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from sslax.train import sharding
+from sslax.core import sharding
 
 # model_state collections a training forward pass updates (batch-norm running statistics);
 # the others (BEST-RQ's `frozen`) are read only.

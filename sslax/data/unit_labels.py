@@ -1,6 +1,6 @@
 """HuBERT's targets read back from unit shards: the units of an example, found by its key.
 
-`UnitLabels` reads `manifest.json` (layout in sslax/units/shards.py) once and keeps only
+`UnitLabels` reads `manifest.json` (layout in sslax/data/unit_shards.py) once and keeps only
 an index, key -> (shard, row). A shard file is read when one of its keys is first asked
 for and kept in a small LRU cache of `cache_shards` decoded shards, so host memory stays
 bounded whatever the corpus size; every read checks the file's sha256, keys, centroids and
@@ -30,9 +30,9 @@ import threading
 import ml_collections
 import numpy as np
 
+from sslax.data import unit_shards
 from sslax.models import backbone
 from sslax.objectives import hubert as objective
-from sslax.units import shards
 
 
 def num_labels(num_samples: int, label_rate: float) -> int:
@@ -67,8 +67,8 @@ class UnitLabels:
       cache_shards: decoded shards kept in memory (>= 1).
     """
     self._dir = units_dir
-    self._manifest_path = os.path.join(units_dir, shards.MANIFEST_FILE)
-    manifest = shards.read_manifest(units_dir)
+    self._manifest_path = os.path.join(units_dir, unit_shards.MANIFEST_FILE)
+    manifest = unit_shards.read_manifest(units_dir)
     if manifest["num_clusters"] != num_clusters:
       raise ValueError(
         f"{self._manifest_path} has num_clusters={manifest['num_clusters']}, but the model "
@@ -138,7 +138,7 @@ class UnitLabels:
     path = os.path.join(self._dir, entry["file"])
     if not os.path.exists(path):
       raise FileNotFoundError(f"units shard {path}, listed in {self._manifest_path}, is missing")
-    arrays = shards.read_shard(path, entry["sha256"])
+    arrays = unit_shards.read_shard(path, entry["sha256"])
     if arrays["keys"].tolist() != entry["keys"]:
       raise ValueError(f"units shard {path} holds other keys than {self._manifest_path} lists")
     if str(arrays["centroids_sha256"]) != self._centroids_sha256:

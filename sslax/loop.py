@@ -1,4 +1,4 @@
-"""The training loop: mesh -> data -> state and step -> restore -> loop.
+"""The pretrain and finetune jobs: mesh -> data -> state and step -> restore -> loop.
 
 One loop for every host: each process reads its own part of the data and feeds it to
 the same jitted, sharded step. Metrics of step N are read after step N+1 is dispatched,
@@ -6,7 +6,9 @@ so the host never waits on the device except when saving.
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,30 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sslax.data import hubert_stream, pretraining_stream, schedule
-from sslax.train import (
-  checkpoints,
-  diagnosis,
-  init_from,
-  metrics,
-  nonfinite,
-  sharding,
-  wav2vec2_step,
-)
+from sslax import init_from
+from sslax.core import checkpoints, sharding, workdirs
+from sslax.core import state as state_lib
+from sslax.data import hubert_stream, pretraining_stream, schedule, unit_labels
+from sslax.train import best, diagnosis, metrics, nonfinite, wav2vec2_step
 from sslax.train import preemption as preemption_lib
-from sslax.train import state as state_lib
-from sslax.units import labels
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes `workdir/config.json` atomically (primary process only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
 
 
 def pretraining_setup(
@@ -55,7 +39,7 @@ def pretraining_setup(
     seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
   )
   if config.objective.name == "hubert":
-    units = labels.UnitLabels.from_config(config)
+    units = unit_labels.UnitLabels.from_config(config)
     stream = hubert_stream.HubertStream(*args, units, **kwargs)
   else:
     stream = pretraining_stream.PretrainingStream(*args, **kwargs)
@@ -98,9 +82,12 @@ def train(
   # Everything that owns threads or handlers is closed on every exit path, errors included:
   # the input stream's readers, orbax's savers (closing lets the last good save finish),
   # the SIGTERM handler and the TensorBoard writer.
-  with checkpoints.Checkpointer(
-    workdir, keep=config.keep_checkpoints, clean_up=True
-  ) as checkpointer:
+  with (
+    checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, clean_up=True) as checkpointer,
+    best.BestCheckpoint(workdir, validation.split, config.valid.best_metric)
+    if validation is not None and validation.by_wer
+    else contextlib.nullcontext() as best_checkpoint,
+  ):
     latest = checkpointer.latest_step()
     if latest is None:
       state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
@@ -126,7 +113,7 @@ def train(
       consecutive_skips = data_state.pop(_CONSECUTIVE_SKIPS, 0)
       logging.info("resumed from checkpoint %d at input position %s", latest, data_state)
     step = int(jax.device_get(state.step))
-    write_config(config, workdir)
+    workdirs.write_config(config, workdir)
 
     monitor = nonfinite.Monitor(config.nonfinite, config.max_consecutive_skips, consecutive_skips)
     pending = None  # (step, device metrics, data position) of a step, read one step late
@@ -152,9 +139,13 @@ def train(
           # Never checkpoint a non-finite step.
           _log(logger, monitor, checkpointer, watch, *pending)
           pending = None
+          if step == config.total_steps:
+            logging.info("writing final checkpoint at step %d", step)  # saving takes a while
           checkpointer.save(step, state, {**data_state, _CONSECUTIVE_SKIPS: monitor.consecutive})
         if validation is not None and validation.due(step, config.total_steps):
-          validation.run(state, step, logger)
+          summary = validation.run(state, step, logger)
+          if best_checkpoint is not None:
+            best_checkpoint.offer(step, state, summary)
         if preempted:
           logging.warning(
             "preempted: checkpoint %d written; run the same command again to resume", step
@@ -204,58 +195,80 @@ def _log(logger, monitor, checkpointer, watch, step, device_metrics, data_positi
 
 @dataclasses.dataclass(frozen=True)
 class Validation:
-  """The held-out check of `config.valid`: the objective in evaluation mode on the first
-  `num_batches` global batches of `stream` (the same batches every time), every `every`
-  updates and after the last."""
+  """The held-out check of `config.valid`, every `every` updates and after the last: the
+  objective in evaluation mode on the first `config.valid.batches` global batches of the
+  training stream's `held_out(split)` (the same batches every time), or, for a trainer
+  with `score_split` (CTC fine-tuning), greedy decoding of the whole split: WER and CER
+  (`by_wer`, which keeps the best checkpoint, sslax/train/best.py).
 
-  stream: Any
+  `sums`: state -> host metric sums, which `metrics.summarize` reports.
+  """
+
   split: str
-  num_batches: int
   every: int
-  evaluate: Callable
-  mesh: jax.sharding.Mesh
-  rng: jax.Array
+  sums: Callable[[Any], dict[str, float]]
+  by_wer: bool
 
   @classmethod
   def from_config(cls, config, stream, trainer, mesh) -> "Validation | None":
     """None when `config.valid` validates never; raises ValueError naming the field when
-    the job has no held-out objective or the split cannot be read (too few examples for a
+    the job has no way to validate or the split cannot be read (too few examples for a
     global batch, among others)."""
     valid = config.valid
     if not valid.split or not valid.every:
       return None
-    if trainer.evaluate is None:
+    if trainer.score_split is None and trainer.evaluate is None:
       raise ValueError(
         f"config.valid.split={valid.split!r}: this job has no held-out objective to "
         "validate with; set config.valid.split=''"
       )
+    if trainer.score_split is not None and valid.batches:
+      raise ValueError(
+        f"config.valid.batches={valid.batches}: this job validates on the whole split; "
+        f"set it to 0 and take part of the split with a split expression instead (e.g. "
+        f"config.valid.split='{valid.split}[:64]')"
+      )
     try:
-      held_out = stream.held_out(valid.split)
+      if trainer.score_split is not None:
+        sums = trainer.score_split(valid.split)
+        batches = "greedy decoding of every utterance (WER, CER)"
+      else:
+        held_out = stream.held_out(valid.split)
+        num_batches = valid.batches or len(held_out.schedule.usable) // config.data.batch_size
+        rng = jax.random.key(config.seed + 1)  # the same distractors every time
+        sums = functools.partial(
+          _objective_sums, held_out, num_batches, trainer.evaluate, mesh, rng
+        )
+        batches = f"{num_batches} global batches"
     except ValueError as error:
       raise ValueError(f"config.valid.split={valid.split!r}: {error}") from None
-    num_batches = valid.batches or len(held_out.schedule.usable) // config.data.batch_size
     logging.info(
-      "validating on %s:%s every %d updates: %d global batches",
+      "validating on %s:%s every %d updates: %s",
       config.data.name,
       valid.split,
       valid.every,
-      num_batches,
+      batches,
     )
-    rng = jax.random.key(config.seed + 1)  # the same distractors every time
-    return cls(held_out, valid.split, num_batches, valid.every, trainer.evaluate, mesh, rng)
+    return cls(valid.split, valid.every, sums, trainer.score_split is not None)
 
   def due(self, step: int, total_steps: int) -> bool:
     return step % self.every == 0 or step == total_steps
 
-  def run(self, state, step: int, logger: metrics.MetricsLogger) -> None:
-    """Evaluates `state` (after update `step`) and logs the result."""
-    start, total = time.perf_counter(), None
-    with self.stream.batches(0, self.num_batches) as batches:
-      for host_batch, _ in batches:
-        sums = self.evaluate(state, sharding.global_batch(host_batch, self.mesh), self.rng)
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    host = {name: float(value) for name, value in jax.device_get(total).items()}
-    logger.add_validation(step, self.split, host, time.perf_counter() - start)
+  def run(self, state, step: int, logger: metrics.MetricsLogger) -> dict[str, float]:
+    """Evaluates `state` (after update `step`), logs the result and returns its summary."""
+    start = time.perf_counter()
+    sums = self.sums(state)
+    return logger.add_validation(step, self.split, sums, time.perf_counter() - start)
+
+
+def _objective_sums(stream, num_batches, evaluate, mesh, rng, state) -> dict[str, float]:
+  """Host sums of the objective (`evaluate`) over the first `num_batches` of `stream`."""
+  total = None
+  with stream.batches(0, num_batches) as batches:
+    for host_batch, _ in batches:
+      sums = evaluate(state, sharding.global_batch(host_batch, mesh), rng)
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  return {name: float(value) for name, value in jax.device_get(total).items()}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -271,7 +284,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def _what_to_change(workdir: str, config: ml_collections.ConfigDict) -> str:
   """How a config differs from the workdir's config.json (the run that wrote the
   checkpoints) and what to do about it."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdirs.CONFIG_FILE)
   advice = (
     "Resume with the config that wrote the checkpoint, or train this config in a new --workdir."
   )

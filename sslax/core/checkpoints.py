@@ -12,7 +12,11 @@ A checkpoint restores onto any mesh and process count, but only into a state of 
 structure, shapes and dtypes: `restore` compares them first and names what differs.
 
 A `TrainState` holds `model_state` (batch statistics, frozen variables; see
-sslax/train/state.py); checkpoints written before it existed restore with it empty.
+sslax/core/state.py); checkpoints written before it existed restore with it empty.
+
+A run keeps its latest checkpoints in `workdir/checkpoints` (`LATEST`) and, when it
+validates by WER (fine-tuning), the best one so far in `workdir/checkpoints_best`
+(`BEST`, sslax/train/best.py), in the same layout.
 """
 
 import os
@@ -22,7 +26,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslax.train import state as state_lib
+from sslax.core import state as state_lib
+
+# Folders of a workdir holding checkpoints: the latest ones, and the best by validation.
+LATEST, BEST = "checkpoints", "checkpoints_best"
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -30,15 +37,15 @@ class IncompatibleCheckpointError(ValueError):
 
 
 class Checkpointer:
-  """Saves and restores `(TrainState, input position)` under `workdir`.
+  """Saves and restores `(TrainState, input position)` under `workdir/folder`.
 
   `clean_up=True` (the training loop, the one writer) deletes the partial directories of
   saves interrupted by a crash when it starts; readers beside a running job leave them.
   """
 
-  def __init__(self, workdir: str, *, keep: int, clean_up: bool = False):
+  def __init__(self, workdir: str, *, keep: int, clean_up: bool = False, folder: str = LATEST):
     self._manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      os.path.abspath(os.path.join(workdir, folder)),
       options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=clean_up
       ),
@@ -57,6 +64,15 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
       ),
     )
+
+  def data(self, step: int) -> dict:
+    """The JSON item (`data_state` of `save`) of checkpoint `step`, without its state."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    return restored["data"]
+
+  def delete(self, step: int) -> None:
+    """Deletes checkpoint `step`."""
+    self._manager.delete(step)
 
   def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
     """Restores step `step` into `shardings` (any mesh); returns (state, data state).
@@ -162,34 +178,36 @@ def array_differences(saved_tree: Any, target: Any) -> list[str]:
   return lines
 
 
-def latest_complete_step(workdir: str) -> int:
-  """The newest complete checkpoint's step in `workdir/checkpoints`.
+def latest_complete_step(workdir: str, folder: str = LATEST) -> int:
+  """The newest complete checkpoint's step in `workdir/folder`.
 
   Raises:
     FileNotFoundError: there is none.
   """
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = os.path.abspath(os.path.join(workdir, folder))
   step = ocp.CheckpointManager(directory, item_names=("state", "data")).latest_step()
   if step is None:
     raise FileNotFoundError(f"{directory} holds no complete checkpoint")
   return step
 
 
-def load_params(workdir: str, step: int | None = None) -> Any:
+def load_params(workdir: str, step: int | None = None, folder: str = LATEST) -> Any:
   """The float32 parameters of a training checkpoint, as numpy on the host (no mesh needed).
 
-  `step` defaults to the latest complete checkpoint in `workdir/checkpoints`.
+  `step` defaults to the latest complete checkpoint in `workdir/folder`.
   """
-  return load_state_field(workdir, "params", step)
+  return load_state_field(workdir, "params", step, folder)
 
 
-def load_state_field(workdir: str, field: str, step: int | None = None) -> Any:
-  """One TrainState field (`params`, `model_state`, ...) of a training checkpoint, as
-  numpy on the host; {} when the checkpoint has no such field (older checkpoints lack
-  `model_state`). `step` defaults to the latest complete checkpoint.
+def load_state_field(
+  workdir: str, field: str, step: int | None = None, folder: str = LATEST
+) -> Any:
+  """One TrainState field (`params`, `model_state`, ...) of a training checkpoint in
+  `workdir/folder`, as numpy on the host; {} when the checkpoint has no such field (older
+  checkpoints lack `model_state`). `step` defaults to the latest complete checkpoint.
   """
-  step = latest_complete_step(workdir) if step is None else step
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  step = latest_complete_step(workdir, folder) if step is None else step
+  path = os.path.join(os.path.abspath(workdir), folder, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   if field not in tree:

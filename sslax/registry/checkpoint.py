@@ -16,162 +16,35 @@ Layout of a directory written by `save_sslax_checkpoint` (and by
                            conformer's running statistics): float32, named by collection
                            and path ('batch_stats/encoder/layers_0/conv/batch_norm/mean').
   vocab.json               CTC models only: the vocabulary, token -> index
-                           (`sslax.data.text.Vocabulary`, transformers' vocab.json layout).
+                           (`sslax.core.text.Vocabulary`, transformers' vocab.json layout).
 
 `read_sslax_checkpoint` returns a `Checkpoint` (fields, params, model state, vocabulary),
-whose `variables()` go straight into `build_model(model_config).apply`;
+whose `variables()` go straight into `model_types.build_model(model_config).apply`;
 `load_sslax_checkpoint` returns just `(model_config, params)` (what `config.init_from`
 loads). The model fields alone name the model type (each type has its own field set,
-`model_type`), so `config.model` of a training workdir, which has no `model_type`, is
-read the same way (a fine-tuning workdir's has no `vocab_size`: its vocab.json gives it).
-`read_workdir` reads a training workdir's latest checkpoint as a `Checkpoint`.
+`model_types.model_type`), so `config.model` of a training workdir, which has no
+`model_type`, is read the same way (a fine-tuning workdir's has no `vocab_size`: its
+vocab.json gives it). `read_workdir` reads a training workdir's latest checkpoint as a
+`Checkpoint`.
 """
 
 import dataclasses
 import json
 import os
 
-import flax.linen as nn
 import flax.traverse_util
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from sslax.data import text
-from sslax.models import backbone, ctc, hubert, wav2vec2
-from sslax.train import checkpoints
+from sslax.core import checkpoints, text, workdirs
+from sslax.registry import model_types
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
 STATE_FILE = "model_state.safetensors"
 # The same name as a fine-tuning workdir's vocabulary (sslax/train/ctc_step.py VOCAB_FILE).
 VOCAB_FILE = "vocab.json"
-# Every model a checkpoint can hold, by model_type.
-MODELS = {"wav2vec2": wav2vec2.Wav2Vec2, "hubert": hubert.HuBERT, "ctc": ctc.Wav2Vec2ForCTC}
-# Arguments beyond `train=False` that a forward pass of each model type needs (wav2vec 2.0
-# takes a Gumbel temperature, which does not matter without training).
-_EVAL_KWARGS = {"wav2vec2": {"gumbel_temperature": 1.0}, "hubert": {}, "ctc": {}}
-# Module attributes that are not `config.model` fields.
-_NOT_FIELDS = {"parent", "name", "dtype", "param_dtype"}
-
-
-def _fields(model_class) -> tuple[set[str], set[str]]:
-  """(every `config.model` field of the model, those without a default)."""
-  fields = [f for f in dataclasses.fields(model_class) if f.name not in _NOT_FIELDS]
-  required = {f.name for f in fields if f.default is dataclasses.MISSING}
-  return {f.name for f in fields}, required
-
-
-def field_defaults(name: str) -> dict:
-  """The `config.model` fields of model type `name` that have defaults, with them.
-
-  These are the backbone's frontend and encoder choices, whose defaults are wav2vec 2.0's
-  waveform conv stack and Transformer.
-  """
-  return {
-    f.name: f.default
-    for f in dataclasses.fields(MODELS[name])
-    if f.name not in _NOT_FIELDS and f.default is not dataclasses.MISSING
-  }
-
-
-def model_type(model_config: ml_collections.ConfigDict) -> str:
-  """The model type whose fields `model_config` has: every required one, no unknown one.
-
-  Raises:
-    ValueError: no model has these fields; names the differences from the closest one.
-  """
-  keys = set(model_config.keys())
-  misfit = {}
-  for name, model_class in MODELS.items():
-    fields, required = _fields(model_class)
-    misfit[name] = (sorted(required - keys), sorted(keys - fields))
-    if not any(misfit[name]):
-      return name
-  closest = min(misfit, key=lambda name: sum(map(len, misfit[name])))
-  lacking, unknown = misfit[closest]
-  raise ValueError(
-    f"config.model fits no sslax model; closest {closest!r} lacks {lacking}, does not have "
-    f"{unknown}"
-  )
-
-
-def build_model(model_config: ml_collections.ConfigDict, **attributes) -> nn.Module:
-  """The model `model_config` describes; `attributes` adds e.g. dtype."""
-  return MODELS[model_type(model_config)](**model_config, **attributes)
-
-
-def eval_kwargs(model_config: ml_collections.ConfigDict) -> dict:
-  """Keyword arguments, besides `train=False`, of a forward pass without training."""
-  return dict(_EVAL_KWARGS[model_type(model_config)])
-
-
-def _init_args(model_config: ml_collections.ConfigDict):
-  """Dummy inputs for `init`: one utterance just long enough for two frames."""
-  num_samples = 2
-  for _, kernel, stride in reversed(model_config.conv_layers):
-    num_samples = (num_samples - 1) * stride + kernel
-  frames = backbone.num_frames(num_samples, model_config)
-  return (
-    jnp.zeros((1, num_samples), jnp.float32),
-    jnp.zeros((1, num_samples), jnp.float32),
-    jnp.zeros((1, frames), bool),
-  )
-
-
-def _init(model_config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-  """Every variable collection of the model ('params', and e.g. 'batch_stats')."""
-  variables = build_model(model_config).init(
-    rng, *_init_args(model_config), train=False, **eval_kwargs(model_config)
-  )
-  return nn.meta.unbox(dict(variables))
-
-
-def abstract_params(model_config: ml_collections.ConfigDict) -> dict:
-  """The params tree of `build_model(model_config)` as jax.ShapeDtypeStruct leaves (no memory)."""
-  return jax.eval_shape(lambda: _init(model_config, jax.random.key(0)))["params"]
-
-
-def variable_shapes(
-  model_config: ml_collections.ConfigDict,
-) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-  """(`param_shapes`, `state_shapes`) of the model from one trace."""
-  variables = jax.eval_shape(lambda: _init(model_config, jax.random.key(0)))
-  params = flax.traverse_util.flatten_dict(variables.pop("params"), sep="/")
-  state = flax.traverse_util.flatten_dict(variables, sep="/")
-  return (
-    {path: tuple(leaf.shape) for path, leaf in params.items()},
-    {path: tuple(leaf.shape) for path, leaf in state.items()},
-  )
-
-
-def param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """Shape of every parameter of `build_model(model_config)`, by '/'-joined path."""
-  return variable_shapes(model_config)[0]
-
-
-def state_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """Shape of every variable outside 'params' (a batch-norm conformer's running statistics),
-  by collection and path joined with '/' ('batch_stats/encoder/...'); {} for most models."""
-  return variable_shapes(model_config)[1]
-
-
-# The init program runs once, so its compile time is what counts: XLA's expensive
-# optimisations triple it on CPU (values differ from an optimised build by float rounding).
-_RUN_ONCE_COMPILER_OPTIONS = {
-  "xla_backend_optimization_level": 0,
-  "xla_llvm_disable_expensive_passes": True,
-}
-
-
-def init_params(model_config: ml_collections.ConfigDict, seed: int) -> dict:
-  """Freshly initialised float32 parameters (numpy) of `build_model(model_config)`."""
-  rng = jax.random.key(seed)
-  init = jax.jit(lambda rng: _init(model_config, rng)["params"]).lower(rng)
-  params = init.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)(rng)
-  return jax.tree.map(np.asarray, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +65,7 @@ class Checkpoint:
   vocab: text.Vocabulary | None = None
 
   def variables(self) -> dict:
-    """`{'params': ..., **model_state}` for `build_model(model_config).apply`."""
+    """`{'params': ..., **model_state}` for `model_types.build_model(model_config).apply`."""
     return {"params": self.params, **self.model_state}
 
 
@@ -208,9 +81,9 @@ def _check_tensors(where: str, tensors: dict, expected: dict[str, tuple[int, ...
 
 def _check_vocab(model_config: ml_collections.ConfigDict, vocab: text.Vocabulary | None) -> None:
   """A CTC model needs its vocabulary, of vocab_size tokens; other models have none."""
-  if model_type(model_config) != "ctc":
+  if model_types.model_type(model_config) != "ctc":
     if vocab is not None:
-      raise ValueError(f"a {model_type(model_config)} model has no vocabulary")
+      raise ValueError(f"a {model_types.model_type(model_config)} model has no vocabulary")
     return
   if vocab is None:
     raise ValueError("a CTC model needs its vocabulary (vocab.json) to mean anything")
@@ -242,11 +115,13 @@ def save_sslax_checkpoint(
   """
   model_state = model_state or {}
   flat_state = flax.traverse_util.flatten_dict(model_state, sep="/")
-  _check_tensors("model_state", flat_state, state_shapes(model_config))
+  _check_tensors("model_state", flat_state, model_types.state_shapes(model_config))
   _check_vocab(model_config, vocab)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, CONFIG_FILE), "w") as f:
-    json.dump(dict(model_type=model_type(model_config), **model_config.to_dict()), f, indent=2)
+    json.dump(
+      dict(model_type=model_types.model_type(model_config), **model_config.to_dict()), f, indent=2
+    )
     f.write("\n")
   for file, flat in (
     (PARAMS_FILE, flax.traverse_util.flatten_dict(params, sep="/")),
@@ -259,32 +134,6 @@ def save_sslax_checkpoint(
     vocab.save(os.path.join(path, VOCAB_FILE))
 
 
-def _tuples(value):
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def model_config_from_json(fields: dict) -> ml_collections.ConfigDict:
-  """`config.model` from its JSON form: a checkpoint's config.json or a workdir's `model`.
-
-  JSON lists become tuples again. A `model_type` entry is checked against the type the
-  fields name and dropped; without one, the fields name it (wav2vec2 for checkpoints
-  written before HuBERT). Fields added since a checkpoint was written (the frontend and
-  encoder choices) get the defaults that reproduce the model it was written from.
-
-  Raises:
-    ValueError: the recorded model_type is not the one the fields describe.
-  """
-  fields = {key: _tuples(value) for key, value in fields.items()}
-  recorded = fields.pop("model_type", None)
-  model_config = ml_collections.ConfigDict(fields)
-  if recorded is not None and recorded != model_type(model_config):
-    raise ValueError(
-      f"config.json says model_type {recorded!r}, but its fields are those of "
-      f"{model_type(model_config)!r}"
-    )
-  return ml_collections.ConfigDict({**field_defaults(model_type(model_config)), **fields})
-
-
 def read_sslax_checkpoint(path: str) -> Checkpoint:
   """Reads a directory written by `save_sslax_checkpoint` (numpy arrays).
 
@@ -293,8 +142,8 @@ def read_sslax_checkpoint(path: str) -> Checkpoint:
       fields imply, or a CTC model's vocabulary is missing or of the wrong size.
   """
   with open(os.path.join(path, CONFIG_FILE)) as f:
-    model_config = model_config_from_json(json.load(f))
-  expected_params, expected_state = variable_shapes(model_config)
+    model_config = model_types.model_config_from_json(json.load(f))
+  expected_params, expected_state = model_types.variable_shapes(model_config)
   params = safetensors.numpy.load_file(os.path.join(path, PARAMS_FILE))
   _check_tensors(f"{path} parameters", params, expected_params)
   state_file = os.path.join(path, STATE_FILE)
@@ -334,14 +183,14 @@ def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
     FileNotFoundError: the workdir holds no complete checkpoint.
     ValueError: the checkpoint's variables do not have the shapes config.model implies.
   """
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, workdirs.CONFIG_FILE)) as f:
     fields = json.load(f)["model"]
   vocab = workdir_vocab(workdir)
   if vocab is not None:
     fields = dict(fields, vocab_size=len(vocab))
-  model_config = model_config_from_json(fields)
+  model_config = model_types.model_config_from_json(fields)
   step = checkpoints.latest_complete_step(workdir) if step is None else step
-  expected_params, expected_state = variable_shapes(model_config)
+  expected_params, expected_state = model_types.variable_shapes(model_config)
   params = checkpoints.load_params(workdir, step)
   model_state = checkpoints.load_state_field(workdir, "model_state", step) if expected_state else {}
   for name, tree, shapes in (
