@@ -7,6 +7,17 @@ result on the test split, whose voices training never hears):
   python -m sslax.main --config=configs/demo_ctc.py --workdir=/tmp/sslax-demo-ctc \
     --config.job=evaluate
 
+Fine-tuning validates on the dev split every 100 updates (its WER and CER in the `valid`
+log lines, TensorBoard's valid/ and metrics.jsonl) and keeps the best state by dev CER in
+/tmp/sslax-demo-ctc/checkpoints_best (`valid.best_metric='cer'`: on 10 labelled minutes WER
+stays at or above 1 for most of the run; by WER, a run that fell to emitting only blanks at
+update 300, WER 1.0 and CER 0.97, was kept over its update 100, WER 1.007 and CER 0.77).
+The evaluate job scores the run as its own
+config.json describes it (data, subset, model: overrides of those that contradict the run
+are errors), by default its best checkpoint (`--config.eval.checkpoint=latest` the last),
+on the test split (`--config.eval.split=dev` another), and ends by logging WER, CER, the
+utterances scored and the file written, /tmp/sslax-demo-ctc/eval_test.json.
+
 Model: configs/demo.py's architecture (so its workdir initialises everything but lm_head)
 with fairseq's fine-tuning regularisation (base_10m.yaml: layerdrop 0.1, time masks 0.65,
 channel masks 0.25, Transformer frozen for the first part of training, tri-stage Adam),
@@ -46,9 +57,11 @@ def get_config(arg=None):
   c.model = common.ctc_model(demo.get_config(arg).model)
   c.optim.learning_rate = 5e-4
   c.optim.freeze_finetune_updates = 60
+  c.valid.update(split="dev", every=100, best_metric="cer")
   c.eval.split = "test"
   c.eval.batch_size = 8
   if arg == "tiny":
+    c.valid.every = 0  # tests that validate turn it on
     c.total_steps = 8
     c.log_every = 1
     c.checkpoint_every = 4

@@ -3,13 +3,20 @@
 Command (from the repository root):
   python -m sslax.extract --checkpoint=PATH --audio=FILE_OR_DIR --layers=all --out=FEATS.npz
 
-PATH is an sslax checkpoint directory (layout in sslax/interop/checkpoint.py), a training
+PATH is an sslax checkpoint directory (layout in sslax/registry/checkpoint.py), a training
 workdir (`sslax.main --workdir`: its latest checkpoint) or `hf:HF_DIR`, a transformers
 wav2vec 2.0, wav2vec 2.0 conformer or HuBERT checkpoint imported on the fly
 (sslax/interop/hf.py); the checkpoint's model type picks the model, and a batch-norm
 conformer runs with its checkpoint's running statistics. --audio is one 16 kHz mono file
 or a directory searched recursively for .wav, .flac and .ogg files; the samples are fed as
-decoded (apply the normalisation the checkpoint was trained with first).
+decoded (apply the normalisation the checkpoint was trained with first). `--resample`
+converts audio at other rates or with several channels to 16 kHz mono as the manifest
+builder does (channels averaged, soxr_hq); without it such a file is refused.
+
+Every file is read before the checkpoint is loaded. A single --audio file that cannot be
+used ends the run with one line naming it and why. In a directory, such files are skipped,
+each named in a warning, and counted in the last line; the run fails (exit status 1, one
+line) only when no file is left to extract.
 
 FEATS.npz holds one f32[frames, embed_dim] array per utterance and layer, keyed
 'NAME/layer_I': NAME is the file's path under --audio without its extension (the file's
@@ -25,7 +32,7 @@ would get alone.
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -33,8 +40,11 @@ import ml_collections
 import numpy as np
 import soundfile
 
-from sslax.interop import checkpoint, hf
+from sslax.core import chatter
+from sslax.data import decode
+from sslax.interop import hf
 from sslax.models import backbone
+from sslax.registry import checkpoint, model_types
 
 SAMPLE_RATE_HZ = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -46,6 +56,13 @@ _LAYERS = flags.DEFINE_string("layers", "all", "'all' or comma-separated layer i
 _OUT = flags.DEFINE_string("out", None, "Output .npz file.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.")
 _PAD_MULTIPLE = flags.DEFINE_integer("pad_multiple", SAMPLE_RATE_HZ, "Pad lengths to this.")
+_RESAMPLE = flags.DEFINE_bool(
+  "resample", False, "Convert audio at other rates or with several channels to 16 kHz mono."
+)
+
+
+class AudioError(ValueError):
+  """A file that cannot be fed to the model; the message names it and says why."""
 
 
 def load(path: str) -> checkpoint.Checkpoint:
@@ -96,12 +113,40 @@ def list_audio(path: str) -> list[tuple[str, str]]:
   return sorted(found)
 
 
-def read_audio(path: str) -> np.ndarray:
-  """f32[S] samples of a 16 kHz mono file."""
-  samples, rate = soundfile.read(path, dtype="float32")
-  if rate != SAMPLE_RATE_HZ or samples.ndim != 1:
-    raise ValueError(f"{path}: {rate} Hz, {samples.ndim}-D; sslax models need 16 kHz mono")
-  return samples
+def read_audio(path: str, resample: bool = False) -> np.ndarray:
+  """f32[S] samples of a 16 kHz mono file, or of any file converted to 16 kHz mono when
+  `resample` (channels averaged, then `decode.to_16k`).
+
+  Raises:
+    AudioError: the file does not decode, holds no samples, or is not 16 kHz mono and not
+      `resample`.
+  """
+  try:
+    samples_SxC, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except Exception as error:  # soundfile raises several types for bad files
+    raise AudioError(f"{path}: cannot decode audio ({error})") from None
+  if samples_SxC.shape[0] == 0:
+    raise AudioError(f"{path}: no samples")
+  channels = samples_SxC.shape[1]
+  if (rate != SAMPLE_RATE_HZ or channels != 1) and not resample:
+    raise AudioError(
+      f"{path}: {rate} Hz, {channels} channel(s); sslax models need {SAMPLE_RATE_HZ} Hz mono "
+      "(--resample converts it)"
+    )
+  return decode.to_16k(samples_SxC.mean(axis=1), rate)
+
+
+def read_all(named: list[tuple[str, str]], resample: bool) -> tuple[list, list[str]]:
+  """([(name, f32[S] samples)] of the usable files, ['FILE: reason'] of the others), each
+  unusable file named in a warning as it is met."""
+  usable, refused = [], []
+  for name, file in named:
+    try:
+      usable.append((name, read_audio(file, resample)))
+    except AudioError as error:
+      logging.warning("skipping %s", error)
+      refused.append(str(error))
+  return usable, refused
 
 
 def extract(
@@ -118,7 +163,7 @@ def extract(
 
   Args:
     model_config: `config.model` fields of a wav2vec 2.0 or HuBERT model.
-    params: the model's params tree (`checkpoint.build_model(model_config)`).
+    params: the model's params tree (`model_types.build_model(model_config)`).
     utterances: f32[S_u] waveforms (16 kHz).
     layers: hidden-state indices to keep (0..num_layers).
     batch_size: utterances per forward pass (the last batch is padded with empty ones).
@@ -132,18 +177,18 @@ def extract(
   Raises:
     ValueError: a model without hidden-state outputs (CTC), or model state missing.
   """
-  kind = checkpoint.model_type(model_config)
+  kind = model_types.model_type(model_config)
   if kind not in ("wav2vec2", "hubert"):
     raise ValueError(
       f"a {kind} checkpoint has no hidden-state outputs; extract reads wav2vec2 and hubert ones"
     )
   model_state = model_state or {}
   given = flax.traverse_util.flatten_dict(model_state, sep="/")
-  lacking = sorted(set(checkpoint.state_shapes(model_config)) - set(given))
+  lacking = sorted(set(model_types.state_shapes(model_config)) - set(given))
   if lacking:
     raise ValueError(f"the model needs its state ({lacking[0]}, ...): pass model_state")
-  model = checkpoint.build_model(model_config)
-  eval_kwargs = checkpoint.eval_kwargs(model_config)
+  model = model_types.build_model(model_config)
+  eval_kwargs = model_types.eval_kwargs(model_config)
 
   @jax.jit
   def hidden_states(params, model_state, audio_BxS, paddings_BxS):
@@ -184,12 +229,27 @@ def run(
   *,
   batch_size: int,
   pad_multiple: int,
+  resample: bool = False,
 ) -> None:
-  """Writes the requested hidden states of every utterance under `audio_path` to `out_path`."""
+  """Writes the requested hidden states of every usable utterance under `audio_path` to
+  `out_path` (module docstring: what is skipped).
+
+  Raises:
+    AudioError: `audio_path` is a file that cannot be used, or a directory none of whose
+      files can; raised before the checkpoint is loaded.
+  """
+  named = list_audio(audio_path)
+  if os.path.isfile(audio_path):
+    usable, refused = [(named[0][0], read_audio(audio_path, resample))], []
+  else:
+    usable, refused = read_all(named, resample)
+    if not usable:
+      raise AudioError(
+        f"none of the {len(named)} audio files under {audio_path} can be used (first: {refused[0]})"
+      )
   loaded = load(checkpoint_path)
   layers = parse_layers(layers_spec, loaded.model_config.num_layers)
-  named = list_audio(audio_path)
-  utterances = [read_audio(file) for _, file in named]
+  utterances = [samples for _, samples in usable]
   states = extract(
     loaded.model_config,
     loaded.params,
@@ -201,7 +261,7 @@ def run(
   )
   arrays = {
     f"{name}/layer_{i}": h
-    for (name, _), hidden in zip(named, states, strict=True)
+    for (name, _), hidden in zip(usable, states, strict=True)
     for i, h in hidden.items()
   }
   # Atomic: a killed run leaves no half-written file under the name asked for.
@@ -209,19 +269,25 @@ def run(
   with open(tmp, "wb") as f:
     np.savez(f, **arrays)
   os.replace(tmp, out_path)
-  print(f"wrote {out_path}: {len(named)} utterances, layers {layers}")
+  skipped = f"; {len(refused)} of {len(named)} files skipped (named above)" if refused else ""
+  print(f"wrote {out_path}: {len(usable)} utterances, layers {layers}{skipped}")
 
 
 def main(argv):
   del argv
-  run(
-    _CHECKPOINT.value,
-    _AUDIO.value,
-    _LAYERS.value,
-    _OUT.value,
-    batch_size=_BATCH_SIZE.value,
-    pad_multiple=_PAD_MULTIPLE.value,
-  )
+  chatter.install()
+  try:
+    run(
+      _CHECKPOINT.value,
+      _AUDIO.value,
+      _LAYERS.value,
+      _OUT.value,
+      batch_size=_BATCH_SIZE.value,
+      pad_multiple=_PAD_MULTIPLE.value,
+      resample=_RESAMPLE.value,
+    )
+  except (AudioError, FileNotFoundError) as error:
+    raise SystemExit(f"sslax.extract: {error}") from None
 
 
 if __name__ == "__main__":

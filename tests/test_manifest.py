@@ -1,6 +1,7 @@
 """A user's own audio (a folder or fairseq manifests) becomes a TFDS dataset sslax reads."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from sslax.data import manifest, splits
+from sslax.data import manifest, manifest_entries, splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,10 +114,19 @@ def test_command_line(tmp_path, audio_root):
     cwd=REPO,
     capture_output=True,
     text=True,
+    # As a user runs it: without the tests' TF_CPP_MIN_LOG_LEVEL (tests/conftest.py).
+    env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "This TensorFlow binary is optimized" not in result.stderr  # TensorFlow's C++ INFO
   assert sorted(read_split(data_dir, "cli_corpus", "train")) == ["a", "b"]
   assert sorted(read_split(data_dir, "cli_corpus", "dev")) == ["c", "d"]
+
+  # A user's mistake ends in one line saying what to change, not a traceback.
+  again = subprocess.run(result.args, cwd=REPO, capture_output=True, text=True)
+  assert again.returncode == 1 and "Traceback" not in again.stderr
+  last_line = again.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("sslax.data.manifest: dataset 'cli_corpus' already exists")
 
 
 def test_other_rates_are_skipped_unless_resampling(tmp_path, audio_root):
@@ -124,7 +134,69 @@ def test_other_rates_are_skipped_unless_resampling(tmp_path, audio_root):
   manifest.build("no_resample", {"train": str(audio_root)}, str(data_dir), resample=False)
   assert sorted(read_split(data_dir, "no_resample", "train")) == ["spk1/a", "spk1/b", "spk2/c"]
   skipped = (data_dir / "no_resample" / "1.0.0" / "sslax_skipped_train.tsv").read_text()
-  assert f"{audio_root / 'spk2' / 'd.wav'}\t8000 Hz, not 16000 Hz" in skipped
+  assert f"{audio_root / 'spk2' / 'd.wav'}\tsample rate 8000 Hz, not 16000 Hz" in skipped
+
+
+def test_a_split_of_other_rates_only_is_an_error_naming_it_and_its_list(tmp_path, audio_root):
+  with pytest.raises(manifest_entries.UnusableAudio) as error:
+    manifest_entries.decode(str(audio_root / "spk2" / "d.wav"), resample=False)
+  # The file decodes: the message says what is wrong with it, and what converts it.
+  assert str(error.value) == (
+    "sample rate 8000 Hz, not 16000 Hz (--resample, the default, converts it)"
+  )
+  assert manifest_entries.why_skipped("d.wav", error.value) == f"d.wav: {error.value}"
+  assert manifest_entries.why_skipped("e.wav", RuntimeError("bad header")) == (
+    "e.wav: cannot decode audio (bad header)"
+  )
+
+  data_dir = tmp_path / "tfds"
+  narrowband = {"train": str(audio_root / "spk1"), "phone": str(audio_root / "spk2")}
+  listed = data_dir / "calls" / "1.0.0" / "sslax_skipped_phone.tsv"
+  with pytest.raises(ValueError) as error:
+    # spk2 holds d.wav (8 kHz), e.wav (not audio) and c.wav (16 kHz, kept with resampling).
+    (audio_root / "spk2" / "c.wav").unlink()
+    manifest.build("calls", narrowband, str(data_dir), resample=False)
+  message = str(error.value)
+  assert message.startswith(f"split 'phone' ({audio_root / 'spk2'}): all 2 files were skipped")
+  assert "1 x sample rate 8000 Hz, not 16000 Hz" in message and str(listed) in message
+  assert sorted(line.split("\t")[0] for line in listed.read_text().splitlines()) == [
+    str(audio_root / "spk2" / "d.wav"),
+    str(audio_root / "spk2" / "e.wav"),
+  ]
+  # The failed build left only that list, which must not pass for a dataset to reuse.
+  manifest.build("calls", narrowband, str(data_dir), resample=True)
+  assert sorted(read_split(data_dir, "calls", "phone")) == ["d"]
+
+
+@pytest.mark.parametrize("split", ["all", "ALL", "train[:10%]", "dev+test"])
+def test_split_names_tfds_cannot_read_back_are_errors_naming_them(tmp_path, audio_root, split):
+  with pytest.raises(ValueError, match=rf"split name {re.escape(repr(split))}"):
+    manifest.build("named", {split: str(audio_root)}, str(tmp_path / "tfds"))
+  assert not (tmp_path / "tfds").exists()  # nothing decoded or written
+
+
+def test_an_existing_dataset_is_rebuilt_only_with_overwrite(tmp_path, audio_root):
+  data_dir = tmp_path / "tfds"
+  manifest.build("corpus", {"train": str(audio_root / "spk1")}, str(data_dir))
+  with pytest.raises(FileExistsError) as error:
+    manifest.build("corpus", {"dev": str(audio_root / "spk2")}, str(data_dir))
+  message = str(error.value)
+  assert f"dataset 'corpus' already exists in {data_dir / 'corpus' / '1.0.0'} (splits train)" in (
+    message
+  )
+  assert "Pass --overwrite" in message and "to add a split" in message
+  assert sorted(read_split(data_dir, "corpus", "train")) == ["a", "b"]  # untouched
+
+  # Adding a split: every split again, with overwrite.
+  both = {"train": str(audio_root / "spk1"), "dev": str(audio_root / "spk2")}
+  builder = manifest.build("corpus", both, str(data_dir), overwrite=True)
+  assert sorted(builder.info.splits) == ["dev", "train"]
+  assert sorted(read_split(data_dir, "corpus", "dev")) == ["c", "d"]
+  assert (data_dir / "corpus" / "1.0.0" / "sslax_skipped_dev.tsv").exists()
+  # A rebuild without the bad file drops its stale list with the old version.
+  (audio_root / "spk2" / "e.wav").unlink()
+  manifest.build("corpus", both, str(data_dir), overwrite=True)
+  assert not (data_dir / "corpus" / "1.0.0" / "sslax_skipped_dev.tsv").exists()
 
 
 def need_beam():

@@ -73,6 +73,14 @@ def header(value, feature_rate: int) -> tuple[int, int, int, str, str]:
   return info.frames, info.samplerate, info.channels, "", ""
 
 
+def to_16k(samples_S: np.ndarray, rate: int) -> np.ndarray:
+  """f32[S'] of f32[S] mono samples at `rate` Hz resampled to 16 kHz (librosa's soxr_hq;
+  S' = `resampled_length(S, rate)`), or the samples as they are at 16 kHz."""
+  if rate == SAMPLE_RATE:
+    return samples_S
+  return librosa.resample(samples_S, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+
+
 def resampled_length(num_samples: int, rate: int) -> int:
   """Samples of `num_samples` at `rate` Hz resampled to 16 kHz (librosa's ceil(n · ratio))."""
   return int(math.ceil(num_samples * (SAMPLE_RATE / rate)))
@@ -129,8 +137,7 @@ def decode(value, start: int, stop: int | None, resample: bool) -> np.ndarray:
     raise AudioFault(
       "truncated", f"decoded {samples.shape[0]} of the {frames} samples its header declares"
     )
-  samples = librosa.resample(samples, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-  return samples[start:stop]
+  return to_16k(samples, rate)[start:stop]
 
 
 def normalize_audio(samples: np.ndarray) -> np.ndarray:

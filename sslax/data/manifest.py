@@ -26,178 +26,139 @@ HuBERT unit shards use), `speech` and `text` ('' without a transcript). The resu
 ordinary prepared TFDS dataset in ArrayRecord files, read back by `tfds.builder(name,
 data_dir=...)` with no code of ours.
 
-A file that cannot be read is skipped, named in a warning and listed, with the reason,
-in `sslax_skipped_<split>.tsv` beside the dataset (or, with `on_error='raise'`, stops the
-build naming it); nothing is dropped silently. A malformed manifest line is an error
-naming the file and line.
+A file that cannot be read (or is at another rate with `--noresample`) is skipped, named
+in a warning and listed, with the reason, in `sslax_skipped_<split>.tsv` beside the dataset
+(or, with `on_error='raise'`, stops the build naming it); nothing is dropped silently. A
+split whose every file is skipped is an error naming it (TFDS cannot store an empty split);
+an in-process build still writes its list, a Beam build stops with TFDS's error naming the
+split (its workers' lists are not finalised when the pipeline fails). A malformed
+manifest line is an error naming the file and line; so is a split name TFDS cannot read
+back (`all` means every split together).
+
+A dataset version is written once: building a `--name` that exists in `--data_dir` is an
+error unless `--overwrite`, which deletes it and builds it anew from the `--split` flags
+given. To add a split, rebuild with `--overwrite` and every split the dataset should hold
+(the existing splits are decoded again), or build the new split under another `--name`.
 """
 
 import collections
 from collections.abc import Iterator, Mapping, Sequence
-import dataclasses
 import os
+import re
 
 from absl import app, flags, logging
-import librosa
 import numpy as np
-import soundfile
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-SAMPLE_RATE = 16_000  # Hz, what every sslax model expects
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+from sslax.core import chatter
+from sslax.data import manifest_entries
+
 VERSION = "1.0.0"
+# What TFDS's split expressions ('train[:10%]', 'train+dev') read as a split name; 'all'
+# (any case) is the expression for every split together, which TFDS refuses as a name.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+RESERVED_SPLIT_NAMES = ("all",)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One audio file of a split: its key, path and transcript (None when there is none)."""
+class EmptySplitError(ValueError):
+  """Every file of a split was skipped, so there is nothing TFDS could store."""
 
-  key: str
-  path: str
-  text: str | None
-
-
-def read_fairseq_manifest(path: str) -> list[Entry]:
-  """Entries of a fairseq .tsv manifest, with transcripts from a `.wrd` file beside it.
-
-  Local paths or any filesystem TensorFlow reads (gs://...), for the manifest and the audio.
-  """
-  with tf.io.gfile.GFile(path) as f:
-    lines = f.read().splitlines()
-  if not lines:
-    raise ValueError(f"{path}: empty manifest; the first line must be the audio root")
-  root = lines[0].strip()
-  relative_paths = []
-  for number, line in enumerate(lines[1:], start=2):
-    if not line.strip():
-      continue
-    fields = line.split("\t")
-    if len(fields) != 2 or not fields[1].strip().isdigit():
-      raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
-    relative_paths.append(fields[0])
-  words_path = os.path.splitext(path)[0] + ".wrd"
-  texts: list[str | None] = [None] * len(relative_paths)
-  if tf.io.gfile.exists(words_path):
-    with tf.io.gfile.GFile(words_path) as f:
-      texts = f.read().splitlines()
-    if len(texts) != len(relative_paths):
-      raise ValueError(
-        f"{words_path} has {len(texts)} lines but {path} lists {len(relative_paths)} files"
-      )
-  return [
-    Entry(os.path.splitext(rel)[0], os.path.join(root, rel), text)
-    for rel, text in zip(relative_paths, texts, strict=True)
-  ]
+  def __init__(self, split: str):
+    super().__init__(f"split {split!r}: every file was skipped")
+    self.split = split
 
 
-def _librispeech_transcripts(directory: str, names: list[str]) -> dict[str, str]:
-  """{utterance id: text} from LibriSpeech's `*.trans.txt` files ('ID WORDS...' lines)."""
-  texts = {}
-  for name in names:
-    if name.endswith(".trans.txt"):
-      with open(os.path.join(directory, name)) as f:
-        for line in f:
-          key, _, words = line.strip().partition(" ")
-          if key:
-            texts[key] = words
-  return texts
-
-
-def scan_folder(folder: str) -> list[Entry]:
-  """Audio files under `folder` (sorted), with transcripts from a `.txt` file beside each
-  or, for LibriSpeech's layout, from its chapters' `*.trans.txt` files."""
-  entries = []
-  for directory, _, names in os.walk(folder):
-    chapter_texts = _librispeech_transcripts(directory, names)
-    for name in names:
-      stem, extension = os.path.splitext(name)
-      if extension.lower() not in AUDIO_EXTENSIONS:
-        continue
-      path = os.path.join(directory, name)
-      text_path = os.path.join(directory, stem + ".txt")
-      text = chapter_texts.get(stem)
-      if os.path.exists(text_path):
-        with open(text_path) as f:
-          text = " ".join(f.read().split())
-      entries.append(Entry(os.path.splitext(os.path.relpath(path, folder))[0], path, text))
-  if not entries:
-    raise ValueError(f"{folder}: no {'/'.join(AUDIO_EXTENSIONS)} files found")
-  return sorted(entries, key=lambda e: e.key)
-
-
-def read_entries(source: str) -> list[Entry]:
-  """A split's entries from a manifest file or a folder."""
-  if os.path.isdir(source):
-    return scan_folder(source)
-  if os.path.isfile(source) or (_is_remote(source) and tf.io.gfile.exists(source)):
-    return read_fairseq_manifest(source)
-  raise FileNotFoundError(f"{source}: neither a manifest file nor a folder")
-
-
-def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
-def decode(
-  path: str, *, resample: bool = True, notes: collections.Counter | None = None
-) -> np.ndarray:
-  """int16[num_samples] mono 16 kHz audio of a file (local or gs://...).
-
-  Several channels are averaged; another sample rate is resampled (librosa, soxr_hq) when
-  `resample`, else a ValueError. `notes` counts 'mixed_down' and 'resampled' files.
-  """
-  if _is_remote(path):
-    with tf.io.gfile.GFile(path, "rb") as f:
-      samples, rate = soundfile.read(f, dtype="float32", always_2d=True)
-  else:
-    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
-  if samples.shape[0] == 0:
-    raise ValueError("no samples")
-  if rate != SAMPLE_RATE and not resample:
-    raise ValueError(f"{rate} Hz, not {SAMPLE_RATE} Hz (--resample converts it)")
-  notes = collections.Counter() if notes is None else notes
-  if samples.shape[1] > 1:
-    notes["mixed_down"] += 1
-  samples = samples.mean(axis=1)
-  if rate != SAMPLE_RATE:
-    notes["resampled"] += 1
-    samples = librosa.resample(samples, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-  return np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-
-
-def one_line(error: Exception) -> str:
-  """An error's message on one line without tabs (for the skipped-files TSV)."""
-  return str(error).replace("\t", " ").replace("\n", " ")
+def check_split_name(split: str) -> None:
+  """Raises ValueError unless `split` is a name TFDS stores and reads back."""
+  if not _SPLIT_NAME.fullmatch(split):
+    raise ValueError(
+      f"split name {split!r}: use letters, digits, '_' and '-' only (TFDS reads split names "
+      "inside expressions such as 'train[:10%]+dev')"
+    )
+  if split.lower() in RESERVED_SPLIT_NAMES:
+    raise ValueError(
+      f"split name {split!r} is reserved: TFDS reads '{split.lower()}' as every split of the "
+      "dataset together; name the split otherwise (e.g. 'train')"
+    )
 
 
 FEATURES = tfds.features.FeaturesDict(
   {
     "id": tfds.features.Text(),
-    "speech": tfds.features.Audio(shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE),
+    "speech": tfds.features.Audio(
+      shape=(None,), dtype=np.int16, sample_rate=manifest_entries.SAMPLE_RATE
+    ),
     "text": tfds.features.Text(),
   }
 )
 
 
 def _examples(
-  entries: list[Entry],
+  split: str,
+  entries: list[manifest_entries.Entry],
   skipped: list[tuple[str, str]],
   notes: collections.Counter,
   on_error: str,
   resample: bool,
 ) -> Iterator[tuple[int, dict]]:
+  """(index, example) of each decodable entry; raises EmptySplitError after the last entry
+  when none was (TFDS would fail on the empty split without saying why)."""
   for index, entry in enumerate(entries):
     try:
-      speech = decode(entry.path, resample=resample, notes=notes)
+      speech = manifest_entries.decode(entry.path, resample=resample, notes=notes)
     except Exception as error:  # soundfile raises several types for bad files
       if on_error == "raise":
-        raise ValueError(f"{entry.path}: cannot decode audio ({error})") from error
-      logging.warning("skipping %s: cannot decode audio (%s)", entry.path, error)
-      skipped.append((entry.path, one_line(error)))
+        raise ValueError(manifest_entries.why_skipped(entry.path, error)) from error
+      logging.warning("skipping %s", manifest_entries.why_skipped(entry.path, error))
+      skipped.append((entry.path, manifest_entries.one_line(error)))
       continue
     # The entry's position is the key: with shuffling disabled the split keeps this order.
     yield index, {"id": entry.key, "speech": speech, "text": entry.text or ""}
+  if len(skipped) == len(entries):
+    raise EmptySplitError(split)
+
+
+def dataset_dir(name: str, data_dir: str) -> str:
+  """The folder of the dataset's version: what TFDS reads, beside the skipped-files lists."""
+  return os.path.join(os.fspath(data_dir), name, VERSION)
+
+
+def _write_skipped(directory: str, split: str, rows: list[tuple[str, str]]) -> str:
+  """Writes `sslax_skipped_<split>.tsv` (path<TAB>reason lines) atomically; its path."""
+  tf.io.gfile.makedirs(directory)
+  path = os.path.join(directory, f"sslax_skipped_{split}.tsv")
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    f.write("".join(f"{p}\t{reason}\n" for p, reason in rows))
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  return path
+
+
+def _empty_split_message(split: str, source: str, rows: list[tuple[str, str]], listed: str) -> str:
+  reasons = collections.Counter(reason for _, reason in rows).most_common(2)
+  common = "; ".join(f"{count} x {reason}" for reason, count in reasons)
+  return (
+    f"split {split!r} ({source}): all {len(rows)} files were skipped, so there is nothing to "
+    f"write (most common: {common}); every file and its reason is listed in {listed}"
+  )
+
+
+def _prepare_dir(name: str, data_dir: str, overwrite: bool) -> None:
+  """Raises FileExistsError, saying what to do, when the dataset exists and not
+  `overwrite`; else removes what a previous build left (a dataset, or a failed build's
+  skipped-files lists, which TFDS would take for a dataset to reuse)."""
+  directory = dataset_dir(name, data_dir)
+  if tf.io.gfile.exists(os.path.join(directory, "dataset_info.json")) and not overwrite:
+    held = sorted(tfds.builder_from_directory(directory).info.splits)
+    raise FileExistsError(
+      f"dataset {name!r} already exists in {directory} (splits {', '.join(held)}). Pass "
+      "--overwrite to delete it and build it from the --split flags given; to add a split, "
+      "rebuild with --overwrite and every split it should hold (a TFDS dataset version is "
+      "written once), or build the new split under another --name"
+    )
+  if tf.io.gfile.exists(directory):
+    logging.info("deleting %s before building it anew", directory)
+    tf.io.gfile.rmtree(directory)
 
 
 def build(
@@ -208,22 +169,31 @@ def build(
   on_error: str = "skip",
   resample: bool = True,
   beam_options: Sequence[str] | None = None,
+  overwrite: bool = False,
 ) -> tfds.core.DatasetBuilder:
   """Builds dataset `name` in `data_dir` from {split: manifest file or folder}.
 
   Returns the prepared builder. `on_error` is 'skip' (list unreadable files in
   `sslax_skipped_<split>.tsv`) or 'raise'; `resample` converts other sample rates to 16 kHz
-  (else such files are unreadable). `beam_options` (Beam pipeline flags, e.g.
+  (else such files are skipped). `beam_options` (Beam pipeline flags, e.g.
   ['--runner=DirectRunner']) decodes and writes the files with Apache Beam; None: in this
-  process.
+  process. `overwrite` deletes an existing dataset `name` first (else it is an error).
+
+  Raises:
+    ValueError: a split name TFDS cannot read back, a malformed manifest, or a split whose
+      every file was skipped (its list is written first).
+    FileExistsError: the dataset exists and not `overwrite`.
   """
   if on_error not in ("skip", "raise"):
     raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-  entries = {split: read_entries(source) for split, source in splits.items()}
+  for split in splits:
+    check_split_name(split)
+  entries = {split: manifest_entries.read_entries(source) for split, source in splits.items()}
   for split, split_entries in entries.items():
     keys = [e.key for e in split_entries]
     if len(set(keys)) != len(keys):
       raise ValueError(f"split {split!r} ({splits[split]}) lists the same file twice")
+  _prepare_dir(name, data_dir, overwrite)
   common = dict(
     name=name,
     version=VERSION,
@@ -240,21 +210,25 @@ def build(
   else:
     skipped = {split: [] for split in splits}
     notes = collections.Counter()
-    builder = tfds.dataset_builders.store_as_tfds_dataset(
-      split_datasets={
-        split: _examples(split_entries, skipped[split], notes, on_error, resample)
-        for split, split_entries in entries.items()
-      },
-      **common,
-    )
+    try:
+      builder = tfds.dataset_builders.store_as_tfds_dataset(
+        split_datasets={
+          split: _examples(split, split_entries, skipped[split], notes, on_error, resample)
+          for split, split_entries in entries.items()
+        },
+        **common,
+      )
+    except EmptySplitError as error:
+      rows = skipped[error.split]
+      listed = _write_skipped(dataset_dir(name, data_dir), error.split, rows)
+      raise ValueError(
+        _empty_split_message(error.split, splits[error.split], rows, listed)
+      ) from None
     if notes:
       logging.info("%s: files mixed down to mono / resampled to 16 kHz: %s", name, dict(notes))
   for split, rows in skipped.items():
     if rows:
-      path = os.path.join(os.fspath(builder.data_dir), f"sslax_skipped_{split}.tsv")
-      with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write("".join(f"{p}\t{reason}\n" for p, reason in rows))
-      tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+      path = _write_skipped(os.fspath(builder.data_dir), split, rows)
       logging.warning("%s: %d unreadable files skipped, listed in %s", split, len(rows), path)
   return builder
 
@@ -268,6 +242,7 @@ def beam_flags(options: str) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  chatter.install()
   FLAGS = flags.FLAGS
   splits = {}
   for spec in FLAGS.split:
@@ -276,22 +251,26 @@ def main(argv: list[str]) -> None:
       raise app.UsageError(f"--split={spec!r}: expected SPLIT=SOURCE")
     splits[split] = source
   options = FLAGS.beam_pipeline_options
-  builder = build(
-    FLAGS.name,
-    splits,
-    FLAGS.data_dir,
-    on_error=FLAGS.on_error,
-    resample=FLAGS.resample,
-    beam_options=None if options is None else beam_flags(options),
-  )
+  try:
+    builder = build(
+      FLAGS.name,
+      splits,
+      FLAGS.data_dir,
+      on_error=FLAGS.on_error,
+      resample=FLAGS.resample,
+      beam_options=None if options is None else beam_flags(options),
+      overwrite=FLAGS.overwrite,
+    )
+  except (ValueError, FileExistsError, FileNotFoundError) as error:
+    # Each names the file, split or flag to change: one line, not a traceback.
+    raise SystemExit(f"sslax.data.manifest: {error}") from None
   for split, info in builder.info.splits.items():
     logging.info("%s: %d examples", split, info.num_examples)
 
 
 def define_flags() -> None:
-  """The command line's flags. Defined only when run as a program: Beam workers import this
-  module (through sslax.data.manifest_beam) beside `__main__`, and a library must not take
-  flag names such as --name from the programs that import it."""
+  """The command line's flags. Defined only when run as a program: a library must not take
+  flag names such as --name from the programs that import it (Beam's workers among them)."""
   flags.DEFINE_string("name", None, "Dataset name (then config.data.name).")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (then config.data.data_dir).")
   flags.DEFINE_multi_string(
@@ -301,7 +280,13 @@ def define_flags() -> None:
     "on_error", "skip", ["skip", "raise"], "Unreadable files: skip and list them, or stop."
   )
   flags.DEFINE_bool(
-    "resample", True, "Resample files at other rates to 16 kHz (else they are unreadable)."
+    "resample", True, "Resample files at other rates to 16 kHz (--noresample: skip them)."
+  )
+  flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Delete an existing dataset --name and build it anew from the --split flags (to add a "
+    "split, give every split it should hold).",
   )
   flags.DEFINE_string(
     "beam_pipeline_options",

@@ -107,3 +107,60 @@ def batch_span_masks(
       min_masks=min_masks,
     )
   return mask_BxF
+
+
+# Spans that may cover more than this share of a short utterance leave it little context.
+MAX_SPAN_SHARE = 0.5
+
+
+def fit_warning(
+  typical_frames: int,
+  short_frames: int,
+  *,
+  mask_prob: float,
+  mask_length: int,
+  min_masks: int,
+) -> str | None:
+  """Why span masks cannot fit utterances of these lengths, with the numbers, or None.
+
+  Args:
+    typical_frames: the median utterance (or crop) length (frames).
+    short_frames: a short one's, the 10th percentile (frames).
+    mask_prob, mask_length, min_masks: as in `span_mask`.
+
+  Returns:
+    None when the spans that must be drawn (min_masks, at least one) cover at most
+    `MAX_SPAN_SHARE` of a short utterance and mask_prob gives the typical one at least one
+    span (mask_prob * frames >= mask_length); else one line naming the fields, the lengths,
+    which rule fails, the share the spans may cover (upper bound, overlaps ignored), and
+    what to change. None when mask_prob is 0 (no time masks).
+  """
+  if mask_prob <= 0:
+    return None
+
+  def covered(frames: int) -> float:
+    spans = max(min_masks, mask_prob * frames / mask_length)
+    return min(1.0, spans * mask_length / max(frames, 1))
+
+  problems = []
+  forced = max(min_masks, 1) * mask_length
+  if forced > MAX_SPAN_SHARE * short_frames:
+    problems.append(
+      f"{max(min_masks, 1)} span(s) of {mask_length} frames may cover "
+      f"{covered(short_frames):.0%} of a 10th-percentile utterance"
+    )
+  if mask_prob * typical_frames < mask_length:
+    expected = mask_prob * typical_frames / mask_length
+    problems.append(
+      f"mask_prob gives the median one {expected:.2f} spans, so min_masks decides "
+      f"(up to {covered(typical_frames):.0%} of it)"
+    )
+  if not problems:
+    return None
+  return (
+    f"config.masking.mask_length={mask_length} frames (mask_prob={mask_prob}, "
+    f"min_masks={min_masks}) does not fit these utterances (median {typical_frames} frames, "
+    f"10th percentile {short_frames}): {'; '.join(problems)}. Shorten "
+    "config.masking.mask_length (configs/ctc_short.py sets the fields for clips of 0.3-2 s) "
+    "or lower config.masking.min_masks"
+  )

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax.data import labelled, text
+from sslax.core import sharding, text
+from sslax.core import state as state_lib
+from sslax.data import labelled
 from sslax.models import backbone, ctc
 from sslax.objectives import ctc as objective
-from sslax.train import accumulation, nonfinite, optim, sharding, wav2vec2_step
-from sslax.train import state as state_lib
+from sslax.train import accumulation, ctc_decode, nonfinite, optim, wav2vec2_step
 
 VOCAB_FILE = "vocab.json"
 # Top-level parameter names: the feature encoder and the head trained from step 0.
@@ -184,7 +185,11 @@ def vocabulary(data: ml_collections.ConfigDict, workdir: str) -> text.Vocabulary
 def finetuning_setup(
   config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
 ) -> tuple[labelled.FinetuningStream, wav2vec2_step.Trainer]:
-  """The fine-tuning job's input stream and trainer (`sslax.train.loop.train`'s `setup`)."""
+  """The fine-tuning job's input stream and trainer (`sslax.loop.train`'s `setup`).
+
+  The trainer validates (`config.valid`) by greedy decoding of a whole split of
+  `config.data.name`, `config.eval.batch_size` utterances at a time: WER and CER.
+  """
   vocab = vocabulary(config.data, workdir)
   stream = labelled.FinetuningStream(
     config.data,
@@ -196,4 +201,18 @@ def finetuning_setup(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  return stream, dataclasses.replace(build_trainer(config, mesh, len(vocab)), vocab=vocab)
+  trainer = build_trainer(config, mesh, len(vocab))
+
+  def score_split(split: str) -> Callable[[state_lib.TrainState], dict[str, float]]:
+    decoder = ctc_decode.SplitDecoder(
+      config.data,
+      split,
+      config.eval.batch_size,
+      trainer.model,
+      trainer.state_shardings.params,
+      vocab,
+      mesh,
+    )
+    return lambda state: ctc_decode.edit_sums(decoder.results(state.params))
+
+  return stream, dataclasses.replace(trainer, vocab=vocab, score_split=score_split)

@@ -8,11 +8,30 @@ per-batch means. The progress line shows the fields a job's metrics have.
 
 import json
 import os
+import sys
 import time
 
 from absl import logging
 import numpy as np
-import tensorboardX
+
+
+def _import_tensorboardx():
+  """tensorboardX, imported without torch: its writer imports torch when it is installed
+  (2.6 CPU-seconds at every job start) only to accept torch tensors, and sslax logs floats.
+  A `None` module entry makes that optional import fail; a later `import torch` still works."""
+  if "torch" in sys.modules:
+    import tensorboardX
+
+    return tensorboardX
+  sys.modules["torch"] = None
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
+
+tensorboardX = _import_tensorboardx()
 
 # Sums divided by the number of masked frames when reported.
 _PER_MASKED_FRAME = (
@@ -30,6 +49,7 @@ _PER_STEP = ("learning_rate", "gumbel_temperature", "grad_norm")
 # The progress line: (metric names, format), shown when the summary has every name.
 _PROGRESS = (
   (("loss",), "loss %.4f"),
+  (("wer", "cer"), "wer %.4f cer %.4f"),
   (("accuracy",), "acc %.3f"),
   (("accuracy_unmasked",), "acc_u %.3f"),
   (("prob_perplexity", "code_perplexity"), "ppl %.1f (codes %.1f)"),
@@ -46,7 +66,9 @@ def summarize(sums: dict[str, float], steps: int, seconds: float) -> dict[str, f
 
   Pretraining sums (with `masked_frames`) become means per masked frame and `accuracy`
   (HuBERT's also `accuracy_masked` and `accuracy_unmasked`);
-  fine-tuning sums (with `utterances`) become means per utterance, `infeasible` stays a count.
+  fine-tuning sums (with `utterances`) become means per utterance, `infeasible` stays a count;
+  the edit counts of fine-tuning's validation (`sslax.train.ctc_decode.edit_sums`) become
+  corpus `wer` and `cer`, `unread_audio` stays a count.
   With `config.nonfinite = 'skip'`, `skipped_updates` counts the interval's skipped steps;
   they add nothing else, so per-step values are means over the updates applied (an
   interval without any reports only the count and the rates).
@@ -70,12 +92,17 @@ def summarize(sums: dict[str, float], steps: int, seconds: float) -> dict[str, f
     utterances = max(sums["utterances"], 1.0)
     out.update({name: sums[name] / utterances for name in _PER_UTTERANCE})
     out["infeasible"] = sums["infeasible"]
+  if "reference_words" in sums:
+    out["wer"] = sums["word_edits"] / max(sums["reference_words"], 1.0)
+    out["cer"] = sums["character_edits"] / max(sums["reference_characters"], 1.0)
+    out["unread_audio"] = sums["unread_audio"]
   applied = steps
   if "skipped_updates" in sums:
     out["skipped_updates"] = sums["skipped_updates"]
     applied = steps - sums["skipped_updates"]
   out.update({name: sums[name] / applied for name in _PER_STEP if name in sums})
-  out["audio_seconds_per_second"] = sums["audio_samples"] / 16_000 / max(seconds, 1e-9)
+  if "audio_samples" in sums:
+    out["audio_seconds_per_second"] = sums["audio_samples"] / 16_000 / max(seconds, 1e-9)
   out["steps_per_second"] = steps / max(seconds, 1e-9)
   return out
 
@@ -141,14 +168,18 @@ class MetricsLogger:
     self._write(step, "train", summary, {"step": step, "data_position": data_position, **summary})
     return summary
 
-  def add_validation(self, step: int, split: str, sums: dict[str, float], seconds: float):
+  def add_validation(
+    self, step: int, split: str, sums: dict[str, float], seconds: float
+  ) -> dict[str, float]:
     """Reports a validation after update `step`: `sums` of the objective over the held-out
-    batches of `split` (summed like a training interval's), taking `seconds`. Its line in
-    metrics.jsonl is {"step": step, "valid": {"split": split, ...summary}}."""
+    batches of `split` (summed like a training interval's), or the edit counts of decoding
+    it, taking `seconds`; returns the summary. Its line in metrics.jsonl is
+    {"step": step, "valid": {"split": split, ...summary}}."""
     summary = summarize(sums, 1, seconds)
     del summary["steps_per_second"]
     logging.info("valid %s after %s", split, progress_line(step, self._total_steps, summary))
     self._write(step, "valid", summary, {"step": step, "valid": {"split": split, **summary}})
+    return summary
 
   def _write(self, step: int, prefix: str, summary: dict[str, float], line: dict) -> None:
     """TensorBoard scalars `prefix/NAME` and a metrics.jsonl line (primary process only)."""
