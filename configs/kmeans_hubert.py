@@ -4,19 +4,20 @@ Command:
   python -m sslax.main --config=configs/kmeans_hubert.py --workdir=/tmp/sslax-units-it2 \
     --config.features.checkpoint=CHECKPOINT --config.features.layer=6
 
-CHECKPOINT is an sslax checkpoint directory (sslax/interop/checkpoint.py), a training
+CHECKPOINT is an sslax checkpoint directory (sslax/registry/checkpoint.py), a training
 workdir (its latest checkpoint, e.g. a HuBERT iteration-1 run) or hf:HF_DIR (a
 transformers wav2vec 2.0 or HuBERT checkpoint). The paper clusters layer 6 of the
 iteration-1 Base model into 500 units (Large/X-Large: layer 9 of the iteration-2 Base);
 the labels come at the model's frame rate (50 Hz for the 320x conv stack). Fit sample and
 k-means settings as configs/kmeans_mfcc.py (fairseq's).
 
-`:demo`: the demo corpus's iteration 2 (configs/demo_hubert.py): K=100 on layer 0 of the
-iteration-1 demo run in /tmp/sslax-hubert-it1, the layer whose units score the highest
-PNMI on held-out speech (the dev split). In the small 4-layer demo model every
-Transformer layer scores below its input, the deeper the lower (dev PNMI 0.564, 0.541,
-0.526, 0.516, 0.486 for layers 0-4 after 3,500 updates; the sweep is in
-benchmarks/RESULTS.md), so the paper's middle layer is not the best one here.
+`:demo`: the demo corpus's iteration 2 (configs/demo_hubert.py): K=100 on the hidden
+state of the iteration-1 demo run in /tmp/sslax-hubert-it1 whose units score the highest
+PNMI on held-out speech (the dev split's voices): the job tries every state 0-4 and
+clusters the best (`config.layer_choice`, sslax/units/layer_choice.py). In the small
+4-layer demo model every Transformer layer scored below its input, the deeper the lower
+(dev PNMI 0.564, 0.541, 0.526, 0.516, 0.486 for states 0-4 after 3,500 updates; the sweep
+is in benchmarks/RESULTS.md), so the paper's middle layer is not the best one there.
 `:tiny` (tests): K=8 on layer 1 of configs/demo_hubert.py:iter1,tiny's 2 layers, the dev
 split in one shard, fit settings of configs/kmeans_mfcc.py:tiny; give the checkpoint.
 """
@@ -34,7 +35,7 @@ def get_config(arg=None):
   c.kmeans.num_clusters = 500
   if arg == "demo":
     c.features.checkpoint = "/tmp/sslax-hubert-it1"
-    c.features.layer = 0
+    c.layer_choice.layers = (0, 1, 2, 3, 4)
     c.kmeans.num_clusters = 100
   if arg == "tiny":
     c.features.layer = 1

@@ -11,13 +11,16 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
 
+from sslax.data import splits
+from sslax.data import unit_shards as shards
 from sslax.data.demo_corpus import builder as demo_builder
-from sslax.units import quality, shards
+from sslax.units import quality
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +123,43 @@ def test_scoring_a_units_dir(tiny_mfcc_units, demo_data_dir, tmp_path):
   first = shards.read_manifest(tiny_mfcc_units)["shards"][0]["keys"][:8]
   assert written["split"] == "dev[:8]" and written["utterances"] == 8
   check_against_reference(written, reference_counts(tiny_mfcc_units, set(first)))
+
+
+def test_held_out_labels_follow_the_feature_sources_frame_centres(demo_data_dir):
+  """A log-mel model's frames are centred on t x hop (offset 0), the conv stack's on
+  t x hop + 200: tally_split must align phones with the source's own centres."""
+  split = "dev[:3]"
+  source, audio_key = splits.open_split("sslax_demo_corpus", split, demo_data_dir)
+  data = ml_collections.ConfigDict(dict(name="sslax_demo_corpus", split=split, key_feature="id"))
+
+  class Frames:
+    """One 2-dim frame per 320 samples; every frame is unit 0."""
+
+    def __init__(self, offset):
+      self.frame_centre_offset = offset
+
+    def __call__(self, waveforms):
+      return [np.zeros((len(w) // 320, 2), np.float32) for w in waveforms]
+
+  by_offset = {}
+  for offset in (0, 200):
+    tally = quality.tally_split(Frames(offset), np.zeros((1, 2)), 50.0, data, source, audio_key)
+    by_offset[offset] = {phone: tally.counts[row, 0] for phone, row in tally.phones.items()}
+    expected = {}
+    for index in range(len(source)):
+      example = source[index]
+      spans = list(
+        zip(
+          [p.decode() for p in example["phonemes"]["phoneme"]],
+          example["phonemes"]["start"].tolist(),
+          example["phonemes"]["end"].tolist(),
+          strict=True,
+        )
+      )
+      # Frame t is centred on sample 320 t + offset; its phone is the span holding it.
+      for t in range(len(example[audio_key]) // 320):
+        centre = 320 * t + offset
+        phone = next((p for p, a, b in spans if a <= centre < b), quality.SILENCE)
+        expected[phone] = expected.get(phone, 0) + 1
+    assert by_offset[offset] == expected, offset
+  assert by_offset[0] != by_offset[200]

@@ -32,8 +32,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from sslax.data import decode, splits
-from sslax.units import job, shards, sources
+from sslax.data import decode, splits, unit_shards
+from sslax.units import job, sources
 
 SILENCE = "sil"
 WINDOW_SAMPLES = 400  # samples every unit frame sees (Kaldi MFCC window, conv receptive field)
@@ -67,23 +67,45 @@ def scores(counts_PxK: np.ndarray) -> dict[str, float]:
   )
 
 
-def frame_phones(spans, num_frames: int, label_rate: float) -> list[str]:
+def frame_spans(
+  starts, ends, num_frames: int, label_rate: float, centre_offset: int = WINDOW_SAMPLES // 2
+) -> np.ndarray:
+  """i64[num_frames]: the span under each frame's centre, -1 outside every span.
+
+  Frame t is centred on sample t * (16,000 / label_rate) + centre_offset (the module
+  docstring's 200 by default; `sslax.models.backbone.frame_centre_offset` for a model's).
+
+  Args:
+    starts, ends: the spans' first and one-past-last samples, ordered, not overlapping.
+    num_frames: frames of the utterance.
+    label_rate: frames per second.
+    centre_offset: sample at the centre of frame 0.
+  """
+  starts = np.asarray(starts, np.int64).reshape(-1)
+  ends = np.asarray(ends, np.int64).reshape(-1)
+  if not len(starts):
+    return np.full(num_frames, -1, np.int64)
+  centres = np.arange(num_frames) * (decode.SAMPLE_RATE / label_rate) + centre_offset
+  span = np.searchsorted(starts, centres, side="right") - 1  # the last span starting at or before
+  inside = (span >= 0) & (centres < ends[np.maximum(span, 0)])
+  return np.where(inside, span, -1)
+
+
+def frame_phones(
+  spans, num_frames: int, label_rate: float, centre_offset: int = WINDOW_SAMPLES // 2
+) -> list[str]:
   """The phone of each of `num_frames` frames at `label_rate` Hz (module docstring).
 
   Args:
     spans: (phone, start, end) in samples (end exclusive), ordered, not overlapping.
     num_frames: frames of the utterance's units.
     label_rate: frames per second.
+    centre_offset: sample at the centre of frame 0 (`frame_spans`).
   """
-  if not spans:
-    return [SILENCE] * num_frames
-  hop = decode.SAMPLE_RATE / label_rate
-  centres = np.arange(num_frames) * hop + WINDOW_SAMPLES // 2
-  starts = np.asarray([s for _, s, _ in spans], np.int64)
-  ends = np.asarray([e for _, _, e in spans], np.int64)
-  span = np.searchsorted(starts, centres, side="right") - 1  # the last span starting at or before
-  inside = (span >= 0) & (centres < ends[np.maximum(span, 0)])
-  return [spans[i][0] if ok else SILENCE for i, ok in zip(span, inside, strict=True)]
+  index = frame_spans(
+    [s for _, s, _ in spans], [e for _, _, e in spans], num_frames, label_rate, centre_offset
+  )
+  return [spans[i][0] if i >= 0 else SILENCE for i in index.tolist()]
 
 
 class Tally:
@@ -120,21 +142,50 @@ def _key(example: dict, key_feature: str) -> str:
   return key.decode() if isinstance(key, bytes) else str(key)
 
 
+def tally_split(featurise, centroids_KxD, label_rate, data, source, audio_key) -> Tally:
+  """The phone x unit table of every example of an open split, assigned to `centroids_KxD`.
+
+  Args:
+    featurise: waveforms -> f32[T_u, D] frames at `label_rate` Hz (a sslax.units.sources
+      source; its `frame_centre_offset` aligns the phone labels to its frames).
+    centroids_KxD: the k-means centroids.
+    label_rate: frames per second of the features.
+    data: `name`, `split` and `key_feature` of the split (for error messages).
+    source, audio_key: the open split (sslax.data.splits.open_split).
+  """
+  tally = Tally(len(centroids_KxD))
+  where = f"{data.name}:{data.split}"
+  on_device = jax.device_put(np.asarray(centroids_KxD, np.float32), jax.local_devices()[0])
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    for first in range(0, len(source), _CHUNK):
+      indices = list(range(first, min(first + _CHUNK, len(source))))
+      _, waveforms = job.read_examples(source, audio_key, data, indices, pool, "quality")
+      units = job.assign_units(featurise(waveforms), on_device)
+      for index, unit_row in zip(indices, units, strict=True):
+        spans = _spans(source[index], where)
+        phones = frame_phones(spans, len(unit_row), label_rate, featurise.frame_centre_offset)
+        tally.add(phones, unit_row)
+  return tally
+
+
 def score_units_dir(
   units_dir: str, *, split: str, data_dir: str, batch_size: int, pad_multiple: int
 ) -> dict:
   """Scores the units of `units_dir` on `split` ('' = its own); the JSON `main` writes."""
-  manifest = shards.read_manifest(units_dir)
+  manifest = unit_shards.read_manifest(units_dir)
   dataset = manifest["dataset"]
   split = split or dataset["split"]
   where = f"{dataset['name']}:{split}"
   source, audio_key = splits.open_split(dataset["name"], split, data_dir)
   rate = manifest["label_rate_hz"]
+  # The features as the units were made (a checkpoint's model is loaded): they set the
+  # frames' alignment to the phone labels and featurise another split.
+  featurise = sources.from_manifest(manifest["features"], batch_size, pad_multiple)
   tally = Tally(manifest["num_clusters"])
   if split == dataset["split"]:
     for entry in manifest["shards"]:
       path = os.path.join(units_dir, entry["file"])
-      shard = shards.read_shard(path, entry["sha256"])
+      shard = unit_shards.read_shard(path, entry["sha256"])
       offsets = np.concatenate([[0], np.cumsum(shard["lengths"])])
       for row, key in enumerate(shard["keys"].tolist()):
         example = source[entry["first_example"] + row]
@@ -144,22 +195,16 @@ def score_units_dir(
             f"{entry['first_example'] + row} of {where} is not"
           )
         units = shard["units"][offsets[row] : offsets[row + 1]]
-        tally.add(frame_phones(_spans(example, where), len(units), rate), units)
+        phones = frame_phones(
+          _spans(example, where), len(units), rate, featurise.frame_centre_offset
+        )
+        tally.add(phones, units)
   else:
-    featurise = sources.from_manifest(manifest["features"], batch_size, pad_multiple)
     centroids = np.load(os.path.join(units_dir, manifest["centroids"]["file"]))
-    on_device = jax.device_put(centroids, jax.local_devices()[0])
     data = ml_collections.ConfigDict(
       dict(name=dataset["name"], split=split, key_feature=dataset["key_feature"])
     )
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-      for first in range(0, len(source), _CHUNK):
-        indices = list(range(first, min(first + _CHUNK, len(source))))
-        _, waveforms = job.read_examples(source, audio_key, data, indices, pool, "quality")
-        units = job.assign_units(featurise(waveforms), on_device)
-        for index, unit_row in zip(indices, units, strict=True):
-          spans = _spans(source[index], where)
-          tally.add(frame_phones(spans, len(unit_row), rate), unit_row)
+    tally = tally_split(featurise, centroids, rate, data, source, audio_key)
   if not tally.counts.sum():
     raise ValueError(f"{where} gave no frames to score with the units of {units_dir}")
   silence = tally.counts[tally.phones[SILENCE]].sum() if SILENCE in tally.phones else 0
@@ -197,7 +242,7 @@ def main(argv: list[str]) -> None:
     batch_size=args.batch_size,
     pad_multiple=args.pad_multiple,
   )
-  shards.write_json(args.out, result)
+  unit_shards.write_json(args.out, result)
   print(json.dumps({k: v for k, v in result.items() if k != "features"}, indent=1))
 
 
