@@ -1,7 +1,9 @@
-"""Parameter counts and FLOPs of a config's wav2vec 2.0, HuBERT or BEST-RQ model, unallocated.
+"""Parameter counts, FLOPs and memory of wav2vec 2.0, HuBERT or BEST-RQ configs, unallocated.
 
-Command (from the repository root):
+Commands (from the repository root):
   python -m sslax.describe --config=configs/w2v_large.py
+  python -m sslax.describe --configs=configs/w2v_base.py,configs/w2v_large.py \
+    --crop_seconds=20 --mesh=1,64,1
 
 Prints parameters per module (top-level submodules and one level below) and training FLOPs
 per second of audio (train = 3 x forward) at the config's crop length
@@ -22,8 +24,32 @@ feed-forwards, q/k/v/out, the convolution module's pointwise and depthwise convo
 attention scores and weighted values, and with relative positions the projection of the
 2F-1 sinusoids and the scores against them; rotary rotations are elementwise. BEST-RQ:
 the G x V head, and the quantizer's projection and codeword scores.
+
+`--configs` (comma-separated config files, each optionally FILE:ARG) prints one Markdown
+table instead: parameters, training FLOPs per second of audio and activation memory per
+example, both at `--crop_seconds` (0: each config's `data.max_samples`), and the memory per
+device of the `--mesh` (data, fsdp, tensor sizes) training at the config's global batch.
+
+Activation memory per example is what XLA's buffer assignment adds for one more example
+to the compiled gradient of the config's objective (the training loss of
+sslax/train/wav2vec2_step.py, in `config.compute_dtype`): the compiled temporary memory at
+batch 2 minus that at batch 1. Compiling every layer of a 2B model would take minutes, so
+it is measured with 1 and 2 encoder layers and extrapolated linearly to `num_layers` (each
+layer keeps the same tensors for the backward pass); tests/test_describe.py checks both
+rules against direct compilation. Nothing runs: the functions are lowered from abstract
+shapes. The number is that of the backend describe runs on: another compiler fuses and
+lays out buffers differently, so compare figures from one backend.
+
+Memory per device = parameters, gradients and Adam's two moments (four f32 copies), each
+leaf sharded as sslax/core/sharding.py's rules shard it on the mesh, plus activations of
+the examples each device holds at once: ceil(batch_size / (data x fsdp x grad_accum_steps))
+times the per-example figure. Activations are not divided by `tensor` (an upper bound: the
+rules split only the feed-forward and attention heads over it); XLA's workspace, the bf16
+copies of parameters and the input pipeline are left out.
 """
 
+import importlib.util
+import math
 import re
 
 from absl import app, flags
@@ -34,13 +60,18 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from sslax.interop import checkpoint
+from sslax.core import sharding
 from sslax.models import backbone, bestrq, frontends, spectrogram
+from sslax.registry import model_types
+from sslax.train import wav2vec2_step
 
 # wav2vec 2.0 is defined on 16 kHz audio.
 SAMPLE_RATE_HZ = 16_000
 # Training costs a forward and a backward of twice the forward's FLOPs.
 TRAIN_FLOPS_PER_FORWARD = 3
+# Parameters, gradients, Adam's first and second moments: float32 each.
+STATE_BYTES_PER_PARAMETER = 4 * 4
+_FAST_CODEGEN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _is_bestrq(model_config: ml_collections.ConfigDict) -> bool:
@@ -55,8 +86,8 @@ def variable_shapes(model_config: ml_collections.ConfigDict) -> dict:
   if _is_bestrq(model_config):
     model, kwargs = bestrq.BestRQ(**model_config), {}
   else:
-    model = checkpoint.build_model(model_config)
-    kwargs = checkpoint.eval_kwargs(model_config)
+    model = model_types.build_model(model_config)
+    kwargs = model_types.eval_kwargs(model_config)
   # Shapes do not depend on the input length; one second is enough to trace.
   frames = backbone.num_frames(SAMPLE_RATE_HZ, model_config)
   audio = jnp.zeros((1, SAMPLE_RATE_HZ), jnp.float32)
@@ -131,7 +162,7 @@ def forward_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> 
     per_target = c.target_stack * c.mel_bins * c.num_codebooks * c.codebook_dim  # projection
     per_target += c.num_codebooks * c.codebook_size * c.codebook_dim  # codeword scores
     flops["bestrq_targets"] = 2.0 * stacked * per_target + _mel_filterbank_flops(c, num_samples)
-  elif checkpoint.model_type(c) == "hubert":
+  elif model_types.model_type(c) == "hubert":
     num_sets = len(c.num_classes)
     heads += d * c.final_dim * (num_sets if c.untie_final_proj else 1)  # final_proj
     heads += c.final_dim * sum(c.num_classes)  # cosines with every label embedding
@@ -254,10 +285,174 @@ def format_flops_table(config: ml_collections.ConfigDict) -> str:
   return "\n".join(lines)
 
 
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of 'FILE' or 'FILE:ARG' (as --config takes them): FILE's get_config(ARG)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("describe_config", path)
+  if module_spec is None:
+    raise ValueError(f"--configs: {path!r} is not a Python config file")
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except FileNotFoundError:
+    raise ValueError(f"--configs: no config file {path!r}") from None
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _with_layers(config: ml_collections.ConfigDict, num_layers: int) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.num_layers = num_layers
+  return config
+
+
+def _abstract_batch(config: ml_collections.ConfigDict, batch: int, num_samples: int) -> dict:
+  frames = backbone.num_frames(num_samples, config.model)
+  batch_shapes = {
+    "audio": jax.ShapeDtypeStruct((batch, num_samples), jnp.float32),
+    "audio_paddings": jax.ShapeDtypeStruct((batch, num_samples), jnp.float32),
+    "mask": jax.ShapeDtypeStruct((batch, frames), bool),
+  }
+  if config.objective.name == "hubert":
+    labels = -(-num_samples * config.units.label_rate // SAMPLE_RATE_HZ)
+    batch_shapes["labels"] = jax.ShapeDtypeStruct((batch, labels), jnp.int32)
+  return batch_shapes
+
+
+def compiled_gradient_temp_bytes(
+  config: ml_collections.ConfigDict, batch: int, num_samples: int
+) -> int:
+  """XLA's temporary memory (bytes) of the compiled gradient of the config's training loss
+  for `batch` crops of `num_samples` samples; lowered from shapes, never run."""
+  model = wav2vec2_step.build_model(config)
+  variables = nn.unbox(jax.eval_shape(wav2vec2_step.init_variables_fn(model), jax.random.key(0)))
+  params = variables.pop("params")
+  loss_fn, scalars_fn = wav2vec2_step.objective_fns(model, config, num_shards=1)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def gradient(params, model_state, microbatch, rng):
+    return grad_fn(params, model_state, microbatch, rng, scalars_fn(jnp.zeros((), jnp.int32)))
+
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  lowered = jax.jit(gradient).lower(
+    params, variables, _abstract_batch(config, batch, num_samples), rng
+  )
+  # Buffer assignment precedes code generation; skipping LLVM's costly passes halves the
+  # compile time and leaves the memory figure unchanged.
+  compiled = lowered.compile(compiler_options=_FAST_CODEGEN)
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def activation_bytes_per_example(
+  config: ml_collections.ConfigDict, num_samples: int, *, layers: tuple[int, int] = (1, 2)
+) -> float:
+  """Bytes one more example adds to the compiled gradient (module docstring): measured at
+  `layers` encoder layers (temp at batch 2 minus batch 1) and extrapolated linearly to
+  `config.model.num_layers`."""
+  per_example = []
+  for num_layers in layers:
+    small = _with_layers(config, num_layers)
+    per_example.append(
+      compiled_gradient_temp_bytes(small, 2, num_samples)
+      - compiled_gradient_temp_bytes(small, 1, num_samples)
+    )
+  (l0, l1), (m0, m1) = layers, per_example
+  return m0 + (m1 - m0) / (l1 - l0) * (config.model.num_layers - l0)
+
+
+def state_bytes_per_device(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> int:
+  """Bytes of parameters, gradients and Adam moments (f32) one device holds when each
+  parameter is sharded by sharding.LOGICAL_AXIS_RULES over `mesh` ({'data': n, 'fsdp': n,
+  'tensor': n}); a dimension that does not divide is padded, as XLA pads it."""
+  model = wav2vec2_step.build_model(config)
+  boxed = jax.eval_shape(wav2vec2_step.init_params_fn(model), jax.random.key(0))
+  total = 0
+  for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+    names = leaf.names if isinstance(leaf, nn.Partitioned) else ()
+    shape = nn.unbox(leaf).shape
+    mesh_axes = nn.logical_to_mesh_axes(names, sharding.LOGICAL_AXIS_RULES) if names else ()
+    mesh_axes = tuple(mesh_axes) + (None,) * (len(shape) - len(mesh_axes))
+    local = 1
+    for dim, axes in zip(shape, mesh_axes, strict=True):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      local *= -(-dim // math.prod(mesh[axis] for axis in axes))
+    total += local
+  return STATE_BYTES_PER_PARAMETER * total
+
+
+def examples_per_device(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> int:
+  """Crops one device holds in one microbatch: the global batch over data x fsdp x accum."""
+  return -(-config.data.batch_size // (mesh["data"] * mesh["fsdp"] * config.grad_accum_steps))
+
+
+def compare(
+  configs: dict[str, ml_collections.ConfigDict], crop_seconds: float, mesh: dict[str, int]
+) -> list[dict]:
+  """One row per config: {'config', 'parameters', 'train_flops_per_second' (per second of
+  audio), 'crop_samples', 'activation_bytes' (per example), 'examples_per_device',
+  'state_bytes' and 'device_bytes' (per device of `mesh`)}, at crops of `crop_seconds`
+  (0: the config's data.max_samples)."""
+  rows = []
+  for name, config in configs.items():
+    num_samples = round(crop_seconds * SAMPLE_RATE_HZ) or config.data.max_samples
+    seconds = num_samples / SAMPLE_RATE_HZ
+    activations = activation_bytes_per_example(config, num_samples)
+    examples = examples_per_device(config, mesh)
+    state = state_bytes_per_device(config, mesh)
+    rows.append(
+      dict(
+        config=name,
+        parameters=_size(parameter_shapes(config.model)),
+        train_flops_per_second=TRAIN_FLOPS_PER_FORWARD
+        * forward_flops(config.model, num_samples)["total"]
+        / seconds,
+        crop_samples=num_samples,
+        activation_bytes=activations,
+        examples_per_device=examples,
+        state_bytes=state,
+        device_bytes=state + examples * activations,
+      )
+    )
+  return rows
+
+
+def format_comparison(rows: list[dict], mesh: dict[str, int]) -> str:
+  """Markdown table of `compare`'s rows; memory in GiB (2^30 bytes)."""
+  gib = 2.0**30
+  mesh_text = "x".join(f"{mesh[axis]}" for axis in sharding.MESH_AXES)
+  lines = [
+    f"| config | parameters | train GFLOP / s of audio | crop (s) | activations / example "
+    f"(GiB) | examples / device | params+grads+Adam / device (GiB) | total / device (GiB), "
+    f"mesh {mesh_text} |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {r['config']} | {r['parameters']:,} | {r['train_flops_per_second'] / 1e9:.1f} | "
+      f"{r['crop_samples'] / SAMPLE_RATE_HZ:.2f} | {r['activation_bytes'] / gib:.2f} | "
+      f"{r['examples_per_device']} | {r['state_bytes'] / gib:.2f} | "
+      f"{r['device_bytes'] / gib:.2f} |"
+    )
+  return "\n".join(lines)
+
+
+def parse_mesh(values: list[str]) -> dict[str, int]:
+  """--mesh=DATA,FSDP,TENSOR as {'data': n, 'fsdp': n, 'tensor': n} of positive sizes."""
+  if len(values) != len(sharding.MESH_AXES) or not all(v.isdigit() and int(v) > 0 for v in values):
+    raise app.UsageError(f"--mesh={','.join(values)}: expected three positive sizes D,F,T")
+  return dict(zip(sharding.MESH_AXES, (int(v) for v in values), strict=True))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  if flags.FLAGS.configs:
+    configs = {spec: load_config(spec) for spec in flags.FLAGS.configs}
+    mesh = parse_mesh(flags.FLAGS.mesh)
+    print(format_comparison(compare(configs, flags.FLAGS.crop_seconds, mesh), mesh))
+    return
   config = flags.FLAGS.config
+  if config is None:
+    raise app.UsageError("give --config=FILE or --configs=FILE,FILE,...")
   print(format_parameter_table(parameter_counts(config)))
   for name, count in state_counts(config).items():
     print(f"{'(not trained) ' + name:<40}{count:>16,}")
@@ -269,5 +464,7 @@ if __name__ == "__main__":
   # Defined here, not at import, so that importing this module (benchmarks do) does not
   # clash with another module's --config flag.
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  flags.mark_flag_as_required("config")
+  flags.DEFINE_list("configs", [], "Config files (FILE or FILE:ARG) to compare in one table.")
+  flags.DEFINE_float("crop_seconds", 0.0, "--configs: crop length; 0: each data.max_samples.")
+  flags.DEFINE_list("mesh", ["1", "1", "1"], "--configs: mesh sizes DATA,FSDP,TENSOR.")
   app.run(main)

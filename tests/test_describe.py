@@ -1,17 +1,22 @@
-"""Tests for sslax.describe: parameter counts and the analytic FLOP formula."""
+"""Tests for sslax.describe: parameter counts, the analytic FLOP formula, memory, comparison."""
 
 import pathlib
 import subprocess
 import sys
 
+from absl import app
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import demo, w2v_base, w2v_large
 from sslax import describe
+from sslax.core import sharding
 from sslax.models import frontends, wav2vec2
+from sslax.registry import model_types
+from sslax.train import wav2vec2_step
 
 
 @pytest.mark.parametrize(
@@ -121,3 +126,111 @@ def test_command_line_prints_table_and_flops():
   forward, train = (float(v) for v in total_line.split()[1:])
   assert forward == pytest.approx(41.1, abs=0.05)
   assert train == pytest.approx(3 * forward, abs=0.02)
+
+
+def _layers_and_batch_fake(table):
+  """compiled_gradient_temp_bytes replaced by a lookup of (num_layers, batch)."""
+  return lambda config, batch, num_samples: table[(config.model.num_layers, batch)]
+
+
+@pytest.mark.slow
+def test_activation_rule_matches_direct_compilation(monkeypatch):
+  """Stated tolerances: the marginal bytes of one example are constant in the batch within
+  3%, and extrapolating 1 and 2 layers to 4 gives the 4-layer figure within 5%."""
+  config = demo.get_config()  # 4 layers
+  n = config.data.max_samples
+  temp = {
+    (layers, batch): describe.compiled_gradient_temp_bytes(
+      describe._with_layers(config, layers), batch, n
+    )
+    for layers, batch in [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (4, 1), (4, 2)]
+  }
+  one_layer = temp[1, 2] - temp[1, 1]
+  assert temp[1, 3] - temp[1, 1] == pytest.approx(2 * one_layer, rel=0.03)
+  direct = temp[4, 2] - temp[4, 1]
+  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
+  estimate = describe.activation_bytes_per_example(config, n)
+  assert estimate == one_layer + 3 * (temp[2, 2] - temp[2, 1] - one_layer)
+  assert estimate == pytest.approx(direct, rel=0.05)
+  # At least every layer's f32 input, kept for the backward pass.
+  frames = frontends.num_frames(n, config.model.conv_layers)
+  assert estimate > config.model.num_layers * frames * config.model.embed_dim * 4
+
+
+def test_state_bytes_match_jax_shard_shapes():
+  config = demo.get_config()
+  model = wav2vec2_step.build_model(config)
+  boxed = jax.eval_shape(wav2vec2_step.init_params_fn(model), jax.random.key(0))
+  mesh = jax.make_mesh((2, 2, 2), sharding.MESH_AXES)
+  shardings = nn.logical_to_mesh_sharding(
+    nn.get_partition_spec(boxed), mesh, sharding.LOGICAL_AXIS_RULES
+  )
+  local = sum(
+    int(np.prod(s.shard_shape(leaf.shape)))
+    for leaf, s in zip(jax.tree.leaves(nn.unbox(boxed)), jax.tree.leaves(shardings), strict=True)
+  )
+  sizes = dict(data=2, fsdp=2, tensor=2)
+  assert describe.state_bytes_per_device(config, sizes) == 16 * local
+  params = model_types.init_params(config.model, 0)
+  total = sum(leaf.size for leaf in jax.tree.leaves(params))
+  assert describe.state_bytes_per_device(config, dict(data=4, fsdp=1, tensor=1)) == 16 * total
+  assert 16 * total / 4 < 16 * local < 16 * total
+
+
+def test_comparison_rows_and_table(monkeypatch):
+  temp = {
+    (layers, batch): 1000 + 10 * layers + 100 * layers * batch
+    for layers in (1, 2)
+    for batch in (1, 2)
+  }
+  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
+  base, tiny = demo.get_config(), demo.get_config("tiny")
+  mesh = dict(data=2, fsdp=2, tensor=1)
+  rows = describe.compare({"demo": base, "tiny": tiny}, 0.0, mesh)
+  for row, config in zip(rows, (base, tiny), strict=True):
+    params = model_types.init_params(config.model, 0)
+    assert row["parameters"] == sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert row["crop_samples"] == config.data.max_samples
+    seconds = config.data.max_samples / 16_000
+    flops = describe.forward_flops(config.model, config.data.max_samples)["total"]
+    assert row["train_flops_per_second"] == pytest.approx(3 * flops / seconds, rel=1e-12)
+    assert row["activation_bytes"] == 100 * config.model.num_layers  # the fake's slope
+    assert row["examples_per_device"] == -(-config.data.batch_size // 4)
+    assert (
+      row["device_bytes"]
+      == row["state_bytes"] + row["examples_per_device"] * (row["activation_bytes"])
+    )
+  assert describe.compare({"demo": base}, 1.5, mesh)[0]["crop_samples"] == 24_000
+  table = describe.format_comparison(rows, mesh).splitlines()
+  assert "mesh 2x2x1" in table[0] and len(table) == 4
+  assert table[2].split("|")[2].strip() == f"{rows[0]['parameters']:,}"
+
+
+def test_bad_mesh_and_config_are_named():
+  with pytest.raises(app.UsageError, match="--mesh=1,2"):
+    describe.parse_mesh(["1", "2"])
+  with pytest.raises(ValueError, match="no config file 'configs/nope.py'"):
+    describe.load_config("configs/nope.py")
+
+
+@pytest.mark.slow
+def test_command_line_compares_configs():
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslax.describe",
+      "--configs=configs/demo.py:tiny",
+      "--crop_seconds=1",
+      "--mesh=1,2,1",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=600,
+    cwd=pathlib.Path(__file__).resolve().parents[1],
+  )
+  rows = [line for line in result.stdout.splitlines() if line.startswith("| configs/demo.py")]
+  params = describe.parameter_counts(demo.get_config("tiny"))["total"]
+  assert len(rows) == 1 and f"| {params:,} |" in rows[0]
+  assert float(rows[0].split("|")[4]) == 1.0
