@@ -336,6 +336,14 @@ def _inertia(x_MxCxD, w_MxC, c_KxD):
   return _pass(x_MxCxD, w_MxC, c_KxD)[2]
 
 
+def _replicated(array: jax.Array) -> jax.Array:
+  """`array` with a copy on every device of its mesh (across processes too)."""
+  if not isinstance(array.sharding, jax.sharding.NamedSharding):
+    return array
+  everywhere = jax.sharding.NamedSharding(array.sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda a: a, out_shardings=everywhere)(array)
+
+
 def fit(
   x_MxCxD: jax.Array,
   w_MxC: jax.Array,
@@ -371,11 +379,13 @@ def fit(
     raise ValueError(f"k-means with {num_clusters} clusters got only {num_points} points")
   init_chunks = min(C, max(1, -(-init_size // M)))
   init_key, batch_key = jax.random.split(jax.random.key(seed))
-  # Merging the sharded M axis (outer) with chunks (inner) keeps every device's rows local.
+  # k-means++ is K sequential steps over the init_size sample: with its rows sharded every
+  # step pays cross-device collectives (55 s against 2.6 s for 4,500 rows, K=24 and 20
+  # seedings on 8 CPU devices), so every device gets a copy of the sample (one all-gather).
   c_KxD, _ = _kmeans_plus_plus(
     init_key,
-    x_MxCxD[:, :init_chunks].reshape(M * init_chunks, D),
-    w_MxC[:, :init_chunks].reshape(M * init_chunks),
+    _replicated(x_MxCxD[:, :init_chunks].reshape(M * init_chunks, D)),
+    _replicated(w_MxC[:, :init_chunks].reshape(M * init_chunks)),
     num_clusters=num_clusters,
     num_init=num_init,
   )
