@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 from test_sharding import synthetic_batch
+import tiny_steps
 
 from configs import common, demo, demo_conformer
 from sslax.core import sharding
@@ -40,7 +41,8 @@ def one_step(config: ml_collections.ConfigDict, mesh_sizes: dict, devices, num_s
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sharded_step_of_each_demo_variant_equals_single_device(variant):
-  config = demo_conformer.get_config(variant)
+  # The waveform variant with 3 conv layers of 16 channels (tests/tiny_steps.py).
+  config = tiny_steps.fewer_layers(demo_conformer.get_config(variant))
   # One device with the sharded run's 4 data-parallel shards (one perplexity each).
   ref_metrics, initial, ref_state = one_step(
     config, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_shards=4
@@ -132,21 +134,24 @@ def test_accumulated_step_updates_batch_statistics_once_with_the_microbatch_mean
   _, initial, state = one_step(config, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   model = wav2vec2_step.build_model(config)
   batch = synthetic_batch(config)
-  expected = []
-  for a in range(2):  # rows j * A + a form microbatch a
-    microbatch = {name: value[a::2] for name, value in batch.items()}
-    _, updates = state_lib.apply_train(
+
+  @jax.jit  # one program per batch shape, not one per operation
+  def batch_stats(rows):
+    return state_lib.apply_train(
       model,
       initial.params,
       initial.model_state,
-      microbatch["audio"],
-      microbatch["audio_paddings"],
-      microbatch["mask"],
+      rows["audio"],
+      rows["audio_paddings"],
+      rows["mask"],
       train=True,
       gumbel_temperature=2.0,
       rngs={"dropout": jax.random.key(0), "gumbel": jax.random.key(1)},
-    )
-    expected.append(updates["batch_stats"])
+    )[1]["batch_stats"]
+
+  expected = []
+  for a in range(2):  # rows j * A + a form microbatch a
+    expected.append(batch_stats({name: value[a::2] for name, value in batch.items()}))
   mean = jax.tree.map(lambda x, y: (x + y) / 2, *expected)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -154,16 +159,6 @@ def test_accumulated_step_updates_batch_statistics_once_with_the_microbatch_mean
     mean,
   )
   # Not the update of the whole batch at once (the statistics really are per microbatch).
-  whole = state_lib.apply_train(
-    model,
-    initial.params,
-    initial.model_state,
-    batch["audio"],
-    batch["audio_paddings"],
-    batch["mask"],
-    train=True,
-    gumbel_temperature=2.0,
-    rngs={"dropout": jax.random.key(0), "gumbel": jax.random.key(1)},
-  )[1]["batch_stats"]
+  whole = batch_stats(batch)
   differences = jax.tree.map(lambda a, b: np.abs(a - b).max(), whole, mean)
   assert max(jax.tree.leaves(differences)) > 1e-6

@@ -3,6 +3,8 @@
 Runs on the 8 fake CPU devices set up in conftest.py. The diversity term has one
 codebook perplexity per data-parallel shard (as per GPU in fairseq), so a single-device
 run reproduces a sharded one when told the sharded run's shard count (`num_shards`).
+The model is configs/demo.py:tiny with fewer layers and conv channels (tests/tiny_steps.py):
+compiling and running the steps is what these tests spend their time on.
 """
 
 import functools
@@ -12,6 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tiny_steps
 
 from configs import demo
 from sslax.core import sharding
@@ -46,12 +49,14 @@ def synthetic_batch(config, seed=0):
 
 
 def run_steps(mesh_sizes, devices, num_steps=2, num_shards=None, **overrides):
-  config = demo.get_config("tiny")
+  """(losses, final state, grad norms, initial parameters on the host)."""
+  config = tiny_steps.fewer_layers(demo.get_config("tiny"))
   config.update(overrides)
   mesh = sharding.make_mesh(mesh_sizes, devices)
   trainer = wav2vec2_step.build_trainer(config, mesh, num_shards=num_shards)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
+  initial_params = jax.device_get(state.params)
   losses, grad_norms = [], []
   with sharding.activate(mesh):
     for i in range(num_steps):
@@ -59,7 +64,7 @@ def run_steps(mesh_sizes, devices, num_steps=2, num_shards=None, **overrides):
       state, metrics = trainer.step(state, batch, step_rng)
       losses.append(float(metrics["loss"] / metrics["masked_frames"]))
       grad_norms.append(float(metrics["grad_norm"]))
-  return losses, state, grad_norms
+  return losses, state, grad_norms, initial_params
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +80,8 @@ def single_device_run():
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (4, 1, 2), (2, 2, 2)])
 def test_sharded_step_equals_single_device(shape, single_device_run):
   assert jax.device_count() == 8
-  ref_losses, ref_state, ref_grad_norms = single_device_run(shape[0] * shape[1])
-  losses, state, grad_norms = run_steps(
+  ref_losses, ref_state, ref_grad_norms, init_params = single_device_run(shape[0] * shape[1])
+  losses, state, grad_norms, _ = run_steps(
     dict(zip(sharding.MESH_AXES, shape, strict=True)), jax.devices()
   )
   np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL)
@@ -89,17 +94,16 @@ def test_sharded_step_equals_single_device(shape, single_device_run):
     lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAM_ATOL), params, ref_params
   )
   # The parameters moved: the comparison is not between two untouched initialisations.
-  init = run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_steps=0)[1]
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ref_params, jax.device_get(init.params))
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ref_params, init_params)
   assert max(jax.tree.leaves(moved)) > 100 * PARAM_ATOL
 
 
 def test_gradient_accumulation_is_sharding_invariant():
   """Microbatches are taken as strided rows, so each device keeps its own rows."""
-  ref_losses, ref_state, _ = run_steps(
+  ref_losses, ref_state, _, _ = run_steps(
     dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], num_shards=4, grad_accum_steps=2
   )
-  losses, state, _ = run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), grad_accum_steps=2)
+  losses, state, _, _ = run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), grad_accum_steps=2)
   np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=PARAM_ATOL),
@@ -109,7 +113,7 @@ def test_gradient_accumulation_is_sharding_invariant():
 
 
 def test_bf16_compute_keeps_float32_state(single_device_run):
-  losses, state, _ = run_steps(
+  losses, state, _, _ = run_steps(
     dict(data=2, fsdp=2, tensor=2), jax.devices(), compute_dtype="bfloat16"
   )
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
@@ -120,7 +124,7 @@ def test_bf16_compute_keeps_float32_state(single_device_run):
 
 
 def test_parameters_are_sharded_as_the_rules_say():
-  config = demo.get_config("tiny")
+  config = tiny_steps.fewer_layers(demo.get_config("tiny"))
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   trainer = wav2vec2_step.build_trainer(config, mesh)
   boxed = jax.eval_shape(wav2vec2_step.init_params_fn(trainer.model), jax.random.key(0))
@@ -170,7 +174,7 @@ _DIVERSITY_SUMS = ("diversity_loss", "prob_perplexity", "code_perplexity", "mask
 
 
 def _diversity_config(batch_size, grad_accum_steps=1):
-  config = demo.get_config("tiny")
+  config = tiny_steps.fewer_layers(demo.get_config("tiny"))
   config.data.batch_size = batch_size
   config.grad_accum_steps = grad_accum_steps
   # The quantizer's input is then the same in training as in the reference's forward.

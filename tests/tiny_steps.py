@@ -1,0 +1,25 @@
+"""Smaller still than the `tiny` demo configs, for tests that compile and run many steps.
+
+Compiling a train step dominates those tests, and it grows with the number of layers;
+running one with gradient accumulation (a scan, whose body XLA runs without its fast
+convolutions at optimisation level 0) grows with the conv channels. One Transformer
+block and a 3-layer, 16-channel feature encoder with the same 320x downsampling (so the
+same frame counts and masks) compile about a third faster than configs/demo.py:tiny's 2
+blocks and 7 layers of 32 channels, and an accumulated step runs about 3x faster. Every
+kind of layer, dropout and sharded parameter is still there.
+"""
+
+import ml_collections
+
+# (channels, kernel, stride): 5 x 8 x 8 = 320 samples per frame, 50 frames in 16,080.
+CONV_3 = ((16, 10, 5), (16, 8, 8), (16, 8, 8))
+
+
+def fewer_layers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (a tiny wav2vec 2.0 / conformer config) with one encoder block and, for the
+  waveform frontend, `CONV_3`; changed in place and returned."""
+  with config.unlocked():
+    config.model.num_layers = 1
+    if config.model.frontend == "waveform":
+      config.model.conv_layers = CONV_3
+  return config
