@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 import pytest
+import tiny_kmeans
 
-from configs import demo, kmeans_hubert
+from configs import demo
 from sslax.registry import checkpoint, model_types
 from sslax.units import job, layer_choice, quality
 
@@ -15,19 +16,7 @@ HELD_OUT = "dev[4:12]"
 
 
 def config_for(path: str, data_dir: str):
-  config = kmeans_hubert.get_config()
-  config.data.data_dir = data_dir
-  config.data.split = "dev[:4]"
-  config.features.checkpoint = path
-  config.features.batch_size = 4
-  config.features.pad_multiple = 160_000  # one padded length: one compilation per call
-  config.fit.utterance_fraction = 1.0
-  config.kmeans.num_clusters = 4
-  config.kmeans.batch_size = 500
-  config.kmeans.init_size = 500
-  config.kmeans.num_init = 1
-  config.kmeans.max_iter = 5
-  config.units.examples_per_shard = 4
+  config = tiny_kmeans.checkpoint_config(path, data_dir)
   config.layer_choice.split = HELD_OUT
   return config
 

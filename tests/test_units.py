@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+import tiny_kmeans
 
 from configs import demo, demo_conformer, kmeans_hubert, kmeans_mfcc
 from sslax import extract
@@ -198,20 +199,8 @@ def test_checkpoint_layer_units(tmp_path, demo_data_dir):
   model_config = demo.get_config("tiny").model
   path = str(tmp_path / "ckpt")
   checkpoint.save_sslax_checkpoint(path, model_config, model_types.init_params(model_config, 0))
-  config = kmeans_hubert.get_config()
-  config.data.data_dir = demo_data_dir
-  config.data.split = "dev[:4]"
-  config.features.checkpoint = path
+  config = tiny_kmeans.checkpoint_config(path, demo_data_dir)
   config.features.layer = 1
-  config.features.batch_size = 4
-  config.features.pad_multiple = 160_000  # one padded length: one compilation per call
-  config.fit.utterance_fraction = 1.0
-  config.kmeans.num_clusters = 4
-  config.kmeans.batch_size = 500
-  config.kmeans.init_size = 500
-  config.kmeans.num_init = 1
-  config.kmeans.max_iter = 5
-  config.units.examples_per_shard = 4
   with pytest.raises(ValueError, match=r"config.features.layer=3 is outside 0..2"):
     config.features.layer = 3
     job.run(config, str(tmp_path / "bad"))
