@@ -47,6 +47,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/ when run as `python benchmarks/low_resource.py`
 
 from configs import demo_ctc  # noqa: E402
+from sslax.core import workdirs  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -185,10 +186,7 @@ def plot(runs: list[dict], path: str) -> None:
 
 
 def write_results(workdir: str, results: dict) -> None:
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + ".tmp", path)
+  workdirs.write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
   runs = results["runs"]
   lines = [
     f"Layers kept: {results['keep_layers']} (layer choice: "
@@ -210,8 +208,7 @@ def write_results(workdir: str, results: dict) -> None:
     f"| {s['relative_cer_reduction']:.1%} |"
     for s in results["summary"]
   ]
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  workdirs.write_atomically(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
   print("\n".join(lines))
 
 

@@ -68,6 +68,7 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 import plot_runs  # noqa: E402  (after the sys.path lines)
 
 from sslax import describe  # noqa: E402
+from sslax.core import workdirs  # noqa: E402
 from sslax.registry import model_types  # noqa: E402
 
 matplotlib.use("Agg")
@@ -205,10 +206,7 @@ def plot(runs: list[dict], fits: dict[str, dict], path: str) -> None:
 
 def write_results(workdir: str, results: dict) -> None:
   """WORKDIR/scaling.json and the Markdown table WORKDIR/scaling.md, each written atomically."""
-  path = os.path.join(workdir, "scaling.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + ".tmp", path)
+  workdirs.write_atomically(os.path.join(workdir, "scaling.json"), json.dumps(results, indent=1))
   form = "L = a C^-b" + (" + c" if results["fit"] == "offset" else "")
   lines = [
     "| size | parameters | updates | training FLOPs | held-out loss | held-out accuracy |",
@@ -224,10 +222,7 @@ def write_results(workdir: str, results: dict) -> None:
     f"| {size} | {fit['a']:.4g} | {fit['b']:.4f} | {fit['c']:.4f} |"
     for size, fit in results["fits"].items()
   ]
-  path = os.path.join(workdir, "scaling.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
+  workdirs.write_atomically(os.path.join(workdir, "scaling.md"), "\n".join(lines) + "\n")
   print("\n".join(lines))
 
 

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import optax
 
-from sslax.core import checkpoints, sharding, text
+from sslax.core import checkpoints, sharding, text, workdirs
 from sslax.core import state as state_lib
 from sslax.train import ctc_decode, ctc_step
 
@@ -199,10 +199,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   name = re.sub(r"[^A-Za-z0-9_.-]", "_", config.eval.split)
   path = os.path.join(workdir, f"eval_{name}.json")
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1, ensure_ascii=False)
-      f.write("\n")
-    os.replace(path + ".tmp", path)
+    workdirs.write_atomically(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
   logging.info("%s", summary(results, path))
   return results
 
