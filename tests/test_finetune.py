@@ -117,6 +117,26 @@ def test_a_negative_feature_grad_mult_is_an_error(tiny):
     ctc_step.build_model(config, len(vocab))
 
 
+def test_both_phases_run_on_eight_devices_when_loaded_from_the_compilation_cache(tiny):
+  """The head-only and the full update, sharded over 8 devices, compiled by one trainer
+  and loaded from the suite's persistent compilation cache by a second (as a resumed run
+  or another process would): both run, with the same results. One program holding both
+  phases under a `lax.cond` deadlocked here (XLA:CPU, see `ctc_step.PhasedStep`)."""
+  _, vocab, batch, _, _ = tiny
+  config = demo_ctc.get_config("tiny")  # with its dropout and layerdrop
+  assert jax.config.jax_compilation_cache_dir  # tests/conftest.py sets one for the suite
+  batch8 = {name: np.concatenate([value, value]) for name, value in batch.items()}
+  mesh8 = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
+  histories = []
+  for _ in range(2):
+    trainer = ctc_step.build_trainer(config, mesh8, len(vocab))
+    state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+    steps = config.optim.freeze_finetune_updates + 1  # both phases
+    histories.append(run_steps(trainer, mesh8, batch8, state, steps)[1])
+  for first, again in zip(*histories, strict=True):
+    assert first == again
+
+
 def test_sharded_step_equals_single_device(tiny):
   config, vocab, batch, mesh, trainer = tiny
   # Batch shards over data and fsdp. (With tensor > 1 as well, the positional conv's

@@ -85,15 +85,17 @@ def make_train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   config: ml_collections.ConfigDict,
+  *,
+  head_only: bool = False,
 ) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
-  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted).
+  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted): the update
+  of the freeze phase (only lm_head gets a gradient) if `head_only`, else the update after it.
 
   `batch` holds audio f32[B,S], audio_paddings f32[B,S], mask bool[B,F], channel_mask
   bool[B,D], labels i32[B,L] and label_paddings f32[B,L]; metrics are the sums of
   `sslax.objectives.ctc.ctc_loss` plus per-step scalars.
   """
   accum = config.grad_accum_steps
-  freeze = config.optim.freeze_finetune_updates
 
   def loss_fn(params, microbatch, rng, trained):
     # Parameters outside `trained` are constants: no gradient, and no backward pass
@@ -115,20 +117,12 @@ def make_train_step(
       logits_BxFxV, frame_paddings_BxF, microbatch["labels"], microbatch["label_paddings"]
     )
 
-  def grads_of(trained: tuple[str, ...]):
-    grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
-    return lambda params, batch, rng: accumulation.summed_grads(grad_fn, params, batch, rng, accum)
-
   def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     frozen = set() if frontend_trains(config) else {FRONTEND}
-    after_freeze = grads_of(tuple(sorted(set(state.params) - frozen)))
-    if freeze > 0:
-      grads, sums = jax.lax.cond(
-        state.step >= freeze, after_freeze, grads_of((HEAD,)), state.params, batch, rng
-      )
-    else:
-      grads, sums = after_freeze(state.params, batch, rng)
+    trained = (HEAD,) if head_only else tuple(sorted(set(state.params) - frozen))
+    grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
+    grads, sums = accumulation.summed_grads(grad_fn, state.params, batch, rng, accum)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -154,13 +148,48 @@ def build_trainer(
     init_params_fn(model), tx, mesh
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.jit(
-    nonfinite.guard(make_train_step(model, tx, schedule, config), config.nonfinite),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-    out_shardings=(state_shardings, replicated),
-    donate_argnums=0,
-  )
+
+  def jitted_step(head_only: bool):
+    return jax.jit(
+      nonfinite.guard(
+        make_train_step(model, tx, schedule, config, head_only=head_only), config.nonfinite
+      ),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0,
+    )
+
+  step = jitted_step(head_only=False)
+  if config.optim.freeze_finetune_updates > 0:
+    step = PhasedStep(jitted_step(head_only=True), step, config.optim.freeze_finetune_updates)
   return wav2vec2_step.Trainer(model, schedule, init_fn, abstract_state, state_shardings, step)
+
+
+class PhasedStep:
+  """`step(state, batch, rng)` that runs `head_only` for the updates before `freeze` and
+  `full` from then on: two programs, chosen on the host.
+
+  Not one program with a `lax.cond` between the phases: such a step (configs/demo_ctc.py:tiny,
+  with dropout and layerdrop), whose branches both hold the sharded gradient's collectives,
+  deadlocked XLA:CPU's 8 devices on its first execution when loaded from a persistent
+  compilation cache (jax 0.10.2: "Termination timeout for all reduce", half the devices
+  waiting at another all-reduce), while the same program freshly compiled ran. Two
+  programs also compile only the phases a run reaches (a run resumed after the freeze
+  never compiles the head-only one). The update index is read from the state once (one
+  device-to-host copy of a scalar), then counted on the host for the states this step
+  returns, so dispatch stays asynchronous.
+  """
+
+  def __init__(self, head_only: Callable, full: Callable, freeze: int):
+    self.head_only, self.full, self.freeze = head_only, full, freeze
+    self._returned: state_lib.TrainState | None = None  # the last state returned
+    self._returned_step = 0  # its update index
+
+  def __call__(self, state: state_lib.TrainState, batch: dict, rng: jax.Array):
+    step = self._returned_step if state is self._returned else int(jax.device_get(state.step))
+    new_state, metrics = (self.head_only if step < self.freeze else self.full)(state, batch, rng)
+    self._returned, self._returned_step = new_state, step + 1
+    return new_state, metrics
 
 
 def vocabulary(data: ml_collections.ConfigDict, workdir: str) -> text.Vocabulary:

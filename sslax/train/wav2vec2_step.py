@@ -241,7 +241,8 @@ class Trainer:
     `state.init_state`).
   abstract_state: the TrainState's shapes and dtypes, unallocated.
   state_shardings: NamedShardings of the TrainState, from the logical rules.
-  step: jitted `(state, global batch, rng) -> (state, metrics)`, state donated; call it
+  step: jitted `(state, global batch, rng) -> (state, metrics)`, state donated (CTC
+    fine-tuning with a freeze phase: `ctc_step.PhasedStep`, two such programs); call it
     inside `sharding.activate(mesh)`. With `config.nonfinite = 'skip'` it keeps the state
     of a step with a non-finite loss or gradient (`sslax.train.nonfinite.guard`).
   vocab: a CTC model's vocabulary (fine-tuning; `config.init_from` aligns a CTC source's
