@@ -1,9 +1,11 @@
-"""Parameter counts, FLOPs and memory of wav2vec 2.0, HuBERT or BEST-RQ configs, unallocated.
+"""Parameter counts, FLOPs and memory of wav2vec 2.0, HuBERT, BEST-RQ or CTC fine-tuning
+configs, unallocated.
 
 Commands (from the repository root):
   python -m sslax.describe --config=configs/w2v_large.py
   python -m sslax.describe --configs=configs/w2v_base.py,configs/w2v_large.py \
     --crop_seconds=20 --mesh=1,64,1
+  python -m sslax.describe --configs=configs/ctc_base_10m.py,configs/ctc_large_960h.py
 
 Prints parameters per module (top-level submodules and one level below) and training FLOPs
 per second of audio (train = 3 x forward) at the config's crop length
@@ -25,6 +27,16 @@ attention scores and weighted values, and with relative positions the projection
 2F-1 sinusoids and the scores against them; rotary rotations are elementwise. BEST-RQ:
 the G x V head, and the quantizer's projection and codeword scores.
 
+CTC fine-tuning configs (`config.job` 'finetune' or 'evaluate') leave the vocabulary to
+the run (built from its transcripts, sslax/train/ctc_step.py `vocabulary`), so describe
+gives `lm_head` `--vocab_size` tokens, by default 32: LibriSpeech's characters as sslax
+builds them (4 special tokens, the word delimiter '|', 26 letters and the apostrophe), the
+size of fairseq's letter dictionary with its specials and of transformers'
+`Wav2Vec2Config`. Training FLOPs are 3 x forward except for a frozen feature encoder
+(`model.feature_grad_mult` 0, fairseq's fine-tuning): no backward pass runs through it, so
+it costs its forward only. The figures are those after the freeze phase
+(`optim.freeze_finetune_updates`), when everything but a frozen feature encoder trains.
+
 `--configs` (comma-separated config files, each optionally FILE:ARG) prints one Markdown
 table instead: parameters, training FLOPs per second of audio and activation memory per
 example, both at `--crop_seconds` (0: each config's `data.max_samples`), and the memory per
@@ -32,22 +44,29 @@ device of the `--mesh` (data, fsdp, tensor sizes) training at the config's globa
 
 Activation memory per example is what XLA's buffer assignment adds for one more example
 to the compiled gradient of the config's objective (the training loss of
-sslax/train/wav2vec2_step.py, in `config.compute_dtype`): the compiled temporary memory at
-batch 2 minus that at batch 1. Compiling every layer of a 2B model would take minutes, so
-it is measured with 1 and 2 encoder layers and extrapolated linearly to `num_layers` (each
-layer keeps the same tensors for the backward pass); tests/test_describe.py checks both
-rules against direct compilation. Nothing runs: the functions are lowered from abstract
-shapes. The number is that of the backend describe runs on: another compiler fuses and
-lays out buffers differently, so compare figures from one backend.
+sslax/train/wav2vec2_step.py or the CTC loss, in `config.compute_dtype`): the compiled
+temporary memory at batch 2 minus that at batch 1. Compiling every layer of a 2B model
+would take minutes, so it is measured with 1, 2, 3, ... encoder layers until two
+successive layers add the same bytes (within 5 %), then extrapolated linearly to
+`num_layers` (each layer keeps the same tensors for the backward pass). Fewer layers would
+mislead: at one or two layers a fixed transient can set the peak instead (a frozen feature
+encoder's forward pass: CTC Base at 20 s crops adds 400, 399, 501, 646, 780, 914 MiB per
+example at 1-6 layers, so the first two layers' slope would put all 12 at 0.38 GiB instead
+of 1.7). tests/test_describe.py checks the rules against direct compilation. Nothing runs:
+the functions are lowered from abstract shapes. The number is that of the backend describe
+runs on: another compiler fuses and lays out buffers differently, so compare figures from
+one backend.
 
-Memory per device = parameters, gradients and Adam's two moments (four f32 copies), each
-leaf sharded as sslax/core/sharding.py's rules shard it on the mesh, plus activations of
+Memory per device = parameters, gradients and Adam's two moments (four f32 copies; of a
+frozen feature encoder, its parameters only), each leaf sharded as sslax/core/sharding.py's
+rules shard it on the mesh, plus activations of
 the examples each device holds at once: ceil(batch_size / (data x fsdp x grad_accum_steps))
 times the per-example figure. Activations are not divided by `tensor` (an upper bound: the
 rules split only the feed-forward and attention heads over it); XLA's workspace, the bf16
 copies of parameters and the input pipeline are left out.
 """
 
+import functools
 import importlib.util
 import math
 import re
@@ -63,7 +82,7 @@ import numpy as np
 from sslax.core import sharding
 from sslax.models import backbone, bestrq, frontends, spectrogram
 from sslax.registry import model_types
-from sslax.train import wav2vec2_step
+from sslax.train import ctc_step, wav2vec2_step
 
 # wav2vec 2.0 is defined on 16 kHz audio.
 SAMPLE_RATE_HZ = 16_000
@@ -71,6 +90,13 @@ SAMPLE_RATE_HZ = 16_000
 TRAIN_FLOPS_PER_FORWARD = 3
 # Parameters, gradients, Adam's first and second moments: float32 each.
 STATE_BYTES_PER_PARAMETER = 4 * 4
+# A parameter that never trains (a frozen feature encoder) is held once, in float32.
+FROZEN_BYTES_PER_PARAMETER = 4
+# lm_head's tokens for a fine-tuning config (module docstring): LibriSpeech's characters.
+DEFAULT_VOCAB_SIZE = 32
+_FINETUNING_JOBS = ("finetune", "evaluate")
+# `forward_flops` components of the feature encoder (waveform or log mel).
+_FRONTEND_COMPONENTS = ("conv_extractor", "mel_filterbank", "subsampling_conv")
 _FAST_CODEGEN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -78,12 +104,46 @@ def _is_bestrq(model_config: ml_collections.ConfigDict) -> bool:
   return "num_codebooks" in model_config
 
 
+def with_vocabulary(
+  config: ml_collections.ConfigDict, vocab_size: int = DEFAULT_VOCAB_SIZE
+) -> ml_collections.ConfigDict:
+  """A copy of a CTC fine-tuning config (`config.job` 'finetune' or 'evaluate') with
+  `model.vocab_size` = `vocab_size`, which describe's functions need and such configs leave
+  to the run's transcripts; any other config, or one that sets it, as it is."""
+  if config.get("job") not in _FINETUNING_JOBS or "vocab_size" in config.model:
+    return config
+  if vocab_size < 2:
+    raise ValueError(f"--vocab_size={vocab_size}: a CTC vocabulary has the blank and a token")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.vocab_size = vocab_size
+  return config
+
+
+def _model_type(model_config: ml_collections.ConfigDict) -> str:
+  """'bestrq', or the registry's 'wav2vec2', 'hubert' or 'ctc'; a fine-tuning model
+  without its vocabulary is named as such."""
+  if _is_bestrq(model_config):
+    return "bestrq"
+  if "final_dropout" in model_config and "vocab_size" not in model_config:
+    raise ValueError(
+      "config.model is a CTC model without vocab_size, which a fine-tuning run takes from "
+      "its transcripts: pass the config through describe.with_vocabulary (the command's "
+      "--vocab_size)"
+    )
+  return model_types.model_type(model_config)
+
+
+def _frontend_trains(model_config: ml_collections.ConfigDict) -> bool:
+  """False for a CTC model whose feature encoder is frozen (no gradient, no update)."""
+  return _model_type(model_config) != "ctc" or model_config.feature_grad_mult > 0
+
+
 def variable_shapes(model_config: ml_collections.ConfigDict) -> dict:
   """Every variable collection of the config's model as jax.ShapeDtypeStruct leaves.
 
   'params', and with a batch-norm conformer 'batch_stats', with BEST-RQ 'frozen'.
   """
-  if _is_bestrq(model_config):
+  if _model_type(model_config) == "bestrq":
     model, kwargs = bestrq.BestRQ(**model_config), {}
   else:
     model = model_types.build_model(model_config)
@@ -145,7 +205,8 @@ def forward_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> 
     codevector pick, project_q, final_proj), for HuBERT 'heads' (post_extract_proj,
     final_proj, cosines against every cluster embedding), for BEST-RQ 'bestrq_head'
     (post_extract_proj, G x V logits) and 'bestrq_targets' (the targets' mel filterbank,
-    random projection, codeword scores); 'total'.
+    random projection, codeword scores), for CTC 'ctc_head' (post_extract_proj, lm_head);
+    'total'.
   """
   c = model_config
   flops, in_channels = _frontend_flops(c, num_samples)
@@ -154,7 +215,11 @@ def forward_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> 
   flops.update(_encoder_flops(c, frames))
 
   heads = in_channels * d if in_channels != d else 0  # post_extract_proj
-  if _is_bestrq(c):
+  kind = _model_type(c)
+  if kind == "ctc":
+    heads += d * c.vocab_size  # lm_head
+    flops["ctc_head"] = 2.0 * frames * heads
+  elif kind == "bestrq":
     heads += d * c.num_codebooks * c.codebook_size  # the G x V softmax head
     flops["bestrq_head"] = 2.0 * frames * heads
     mel_frames = spectrogram.num_mel_frames(num_samples)
@@ -162,7 +227,7 @@ def forward_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> 
     per_target = c.target_stack * c.mel_bins * c.num_codebooks * c.codebook_dim  # projection
     per_target += c.num_codebooks * c.codebook_size * c.codebook_dim  # codeword scores
     flops["bestrq_targets"] = 2.0 * stacked * per_target + _mel_filterbank_flops(c, num_samples)
-  elif model_types.model_type(c) == "hubert":
+  elif kind == "hubert":
     num_sets = len(c.num_classes)
     heads += d * c.final_dim * (num_sets if c.untie_final_proj else 1)  # final_proj
     heads += c.final_dim * sum(c.num_classes)  # cosines with every label embedding
@@ -233,19 +298,39 @@ def _encoder_flops(c: ml_collections.ConfigDict, frames: int) -> dict:
   }
 
 
+def train_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> dict[str, float]:
+  """Training FLOPs of one crop of `num_samples` samples, by component (keys as
+  `forward_flops`): TRAIN_FLOPS_PER_FORWARD x forward, the forward only for a frozen
+  feature encoder (a CTC model with `feature_grad_mult` 0: no backward pass runs through it).
+  """
+  forward = forward_flops(model_config, num_samples)
+  forward_only = () if _frontend_trains(model_config) else _FRONTEND_COMPONENTS
+  flops = {
+    name: value * (1 if name in forward_only else TRAIN_FLOPS_PER_FORWARD)
+    for name, value in forward.items()
+    if name != "total"
+  }
+  flops["total"] = sum(flops.values())
+  return flops
+
+
+def _per_audio_second(config: ml_collections.ConfigDict, flops_fn) -> dict[str, float]:
+  num_samples = config.data.max_samples
+  seconds = num_samples / SAMPLE_RATE_HZ
+  return {k: v / seconds for k, v in flops_fn(config.model, num_samples).items()}
+
+
 def flops_per_audio_second(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Forward FLOPs per second of audio at the crop length `config.data.max_samples`.
 
-  Keys as `forward_flops`. Multiply by TRAIN_FLOPS_PER_FORWARD for training.
+  Keys as `forward_flops`.
   """
-  num_samples = config.data.max_samples
-  seconds = num_samples / SAMPLE_RATE_HZ
-  return {k: v / seconds for k, v in forward_flops(config.model, num_samples).items()}
+  return _per_audio_second(config, forward_flops)
 
 
 def train_flops_per_audio_second(config: ml_collections.ConfigDict) -> float:
-  """Training FLOPs (3 x forward) per second of audio at `config.data.max_samples` crops."""
-  return TRAIN_FLOPS_PER_FORWARD * flops_per_audio_second(config)["total"]
+  """Training FLOPs (`train_flops`) per second of audio at `config.data.max_samples` crops."""
+  return _per_audio_second(config, train_flops)["total"]
 
 
 def format_parameter_table(counts: dict[str, int]) -> str:
@@ -280,8 +365,9 @@ def format_flops_table(config: ml_collections.ConfigDict) -> str:
     f"({num_samples / SAMPLE_RATE_HZ:.2f} s, {frames} frames)",
     f"{'component':<24}{'forward GF/s':>14}{'train GF/s':>14}",
   ]
+  train = _per_audio_second(config, train_flops)
   for name, value in flops_per_audio_second(config).items():
-    lines.append(f"{name:<24}{value / 1e9:>14.2f}{TRAIN_FLOPS_PER_FORWARD * value / 1e9:>14.2f}")
+    lines.append(f"{name:<24}{value / 1e9:>14.2f}{train[name] / 1e9:>14.2f}")
   return "\n".join(lines)
 
 
@@ -296,6 +382,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
   except FileNotFoundError:
     raise ValueError(f"--configs: no config file {path!r}") from None
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--configs: {path!r} has no get_config(): not a config file")
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -312,17 +400,28 @@ def _abstract_batch(config: ml_collections.ConfigDict, batch: int, num_samples: 
     "audio_paddings": jax.ShapeDtypeStruct((batch, num_samples), jnp.float32),
     "mask": jax.ShapeDtypeStruct((batch, frames), bool),
   }
-  if config.objective.name == "hubert":
+  if _model_type(config.model) == "ctc":
+    labels = config.data.max_label_length
+    batch_shapes["channel_mask"] = jax.ShapeDtypeStruct((batch, config.model.embed_dim), bool)
+    batch_shapes["labels"] = jax.ShapeDtypeStruct((batch, labels), jnp.int32)
+    batch_shapes["label_paddings"] = jax.ShapeDtypeStruct((batch, labels), jnp.float32)
+  elif config.objective.name == "hubert":
     labels = -(-num_samples * config.units.label_rate // SAMPLE_RATE_HZ)
     batch_shapes["labels"] = jax.ShapeDtypeStruct((batch, labels), jnp.int32)
   return batch_shapes
 
 
-def compiled_gradient_temp_bytes(
-  config: ml_collections.ConfigDict, batch: int, num_samples: int
-) -> int:
-  """XLA's temporary memory (bytes) of the compiled gradient of the config's training loss
-  for `batch` crops of `num_samples` samples; lowered from shapes, never run."""
+def _training_gradient(config: ml_collections.ConfigDict) -> tuple:
+  """(gradient(params, model_state, microbatch, rng), abstract params, abstract model
+  state) of the config's training loss: the pretraining objective, or the CTC loss with
+  everything but a frozen feature encoder trained (after the freeze phase)."""
+  if _model_type(config.model) == "ctc":
+    model = ctc_step.build_model(config, config.model.vocab_size)
+    params = nn.unbox(jax.eval_shape(ctc_step.init_params_fn(model), jax.random.key(0)))
+    trained = ctc_step.trained_params(params, config)
+    loss_fn = functools.partial(ctc_step.make_loss_fn(model), trained=trained)
+    ctc_grad = jax.grad(loss_fn, has_aux=True)
+    return (lambda params, _, microbatch, rng: ctc_grad(params, microbatch, rng)), params, {}
   model = wav2vec2_step.build_model(config)
   variables = nn.unbox(jax.eval_shape(wav2vec2_step.init_variables_fn(model), jax.random.key(0)))
   params = variables.pop("params")
@@ -332,6 +431,15 @@ def compiled_gradient_temp_bytes(
   def gradient(params, model_state, microbatch, rng):
     return grad_fn(params, model_state, microbatch, rng, scalars_fn(jnp.zeros((), jnp.int32)))
 
+  return gradient, params, variables
+
+
+def compiled_gradient_temp_bytes(
+  config: ml_collections.ConfigDict, batch: int, num_samples: int
+) -> int:
+  """XLA's temporary memory (bytes) of the compiled gradient of the config's training loss
+  for `batch` crops of `num_samples` samples; lowered from shapes, never run."""
+  gradient, params, variables = _training_gradient(config)
   rng = jax.eval_shape(lambda: jax.random.key(0))
   lowered = jax.jit(gradient).lower(
     params, variables, _abstract_batch(config, batch, num_samples), rng
@@ -343,40 +451,69 @@ def compiled_gradient_temp_bytes(
 
 
 def activation_bytes_per_example(
-  config: ml_collections.ConfigDict, num_samples: int, *, layers: tuple[int, int] = (1, 2)
+  config: ml_collections.ConfigDict,
+  num_samples: int,
+  *,
+  tolerance: float = 0.05,
+  max_layers: int = 8,
 ) -> float:
-  """Bytes one more example adds to the compiled gradient (module docstring): measured at
-  `layers` encoder layers (temp at batch 2 minus batch 1) and extrapolated linearly to
-  `config.model.num_layers`."""
-  per_example = []
-  for num_layers in layers:
-    small = _with_layers(config, num_layers)
-    per_example.append(
+  """Bytes one more example adds to the compiled gradient (module docstring).
+
+  Measured (temp at batch 2 minus batch 1) at 1, 2, 3, ... encoder layers until the last
+  two layers each added the same positive bytes within `tolerance` (relative), then
+  extrapolated linearly with that slope to `config.model.num_layers`; exact if that many
+  layers are reached first. At most `max_layers` layers are compiled (then the last slope).
+  """
+  num_layers = config.model.num_layers
+  measured = []
+  for layers in range(1, min(num_layers, max_layers) + 1):
+    small = _with_layers(config, layers)
+    measured.append(
       compiled_gradient_temp_bytes(small, 2, num_samples)
       - compiled_gradient_temp_bytes(small, 1, num_samples)
     )
-  (l0, l1), (m0, m1) = layers, per_example
-  return m0 + (m1 - m0) / (l1 - l0) * (config.model.num_layers - l0)
+    if len(measured) >= 3:
+      slope, before = measured[-1] - measured[-2], measured[-2] - measured[-3]
+      if slope > 0 and abs(slope - before) <= tolerance * slope:
+        break
+  if len(measured) == num_layers:
+    return measured[-1]
+  slope = measured[-1] - measured[-2]
+  return measured[-1] + slope * (num_layers - len(measured))
+
+
+def _local_size(leaf, mesh: dict[str, int]) -> int:
+  """Elements of one device's shard of a (boxed) parameter leaf, padded as XLA pads."""
+  names = leaf.names if isinstance(leaf, nn.Partitioned) else ()
+  shape = nn.unbox(leaf).shape
+  mesh_axes = nn.logical_to_mesh_axes(names, sharding.LOGICAL_AXIS_RULES) if names else ()
+  mesh_axes = tuple(mesh_axes) + (None,) * (len(shape) - len(mesh_axes))
+  local = 1
+  for dim, axes in zip(shape, mesh_axes, strict=True):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    local *= -(-dim // math.prod(mesh[axis] for axis in axes))
+  return local
 
 
 def state_bytes_per_device(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> int:
   """Bytes of parameters, gradients and Adam moments (f32) one device holds when each
   parameter is sharded by sharding.LOGICAL_AXIS_RULES over `mesh` ({'data': n, 'fsdp': n,
-  'tensor': n}); a dimension that does not divide is padded, as XLA pads it."""
-  model = wav2vec2_step.build_model(config)
-  boxed = jax.eval_shape(wav2vec2_step.init_params_fn(model), jax.random.key(0))
+  'tensor': n}); a dimension that does not divide is padded, as XLA pads it. A frozen
+  feature encoder (CTC fine-tuning) holds its parameters only."""
+  if _model_type(config.model) == "ctc":
+    model = ctc_step.build_model(config, config.model.vocab_size)
+    boxed = jax.eval_shape(ctc_step.init_params_fn(model), jax.random.key(0))
+    trained = set(ctc_step.trained_params(boxed, config))
+  else:
+    model = wav2vec2_step.build_model(config)
+    boxed = jax.eval_shape(wav2vec2_step.init_params_fn(model), jax.random.key(0))
+    trained = set(boxed)
   total = 0
-  for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
-    names = leaf.names if isinstance(leaf, nn.Partitioned) else ()
-    shape = nn.unbox(leaf).shape
-    mesh_axes = nn.logical_to_mesh_axes(names, sharding.LOGICAL_AXIS_RULES) if names else ()
-    mesh_axes = tuple(mesh_axes) + (None,) * (len(shape) - len(mesh_axes))
-    local = 1
-    for dim, axes in zip(shape, mesh_axes, strict=True):
-      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-      local *= -(-dim // math.prod(mesh[axis] for axis in axes))
-    total += local
-  return STATE_BYTES_PER_PARAMETER * total
+  for name, subtree in boxed.items():
+    per_element = STATE_BYTES_PER_PARAMETER if name in trained else FROZEN_BYTES_PER_PARAMETER
+    leaves = jax.tree.leaves(subtree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    total += per_element * sum(_local_size(leaf, mesh) for leaf in leaves)
+  return total
 
 
 def examples_per_device(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> int:
@@ -402,9 +539,7 @@ def compare(
       dict(
         config=name,
         parameters=_size(parameter_shapes(config.model)),
-        train_flops_per_second=TRAIN_FLOPS_PER_FORWARD
-        * forward_flops(config.model, num_samples)["total"]
-        / seconds,
+        train_flops_per_second=train_flops(config.model, num_samples)["total"] / seconds,
         crop_samples=num_samples,
         activation_bytes=activations,
         examples_per_device=examples,
@@ -445,14 +580,16 @@ def parse_mesh(values: list[str]) -> dict[str, int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  vocab_size = flags.FLAGS.vocab_size
   if flags.FLAGS.configs:
-    configs = {spec: load_config(spec) for spec in flags.FLAGS.configs}
+    configs = {spec: with_vocabulary(load_config(spec), vocab_size) for spec in flags.FLAGS.configs}
     mesh = parse_mesh(flags.FLAGS.mesh)
     print(format_comparison(compare(configs, flags.FLAGS.crop_seconds, mesh), mesh))
     return
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("give --config=FILE or --configs=FILE,FILE,...")
+  config = with_vocabulary(config, vocab_size)
   print(format_parameter_table(parameter_counts(config)))
   for name, count in state_counts(config).items():
     print(f"{'(not trained) ' + name:<40}{count:>16,}")
@@ -467,4 +604,10 @@ if __name__ == "__main__":
   flags.DEFINE_list("configs", [], "Config files (FILE or FILE:ARG) to compare in one table.")
   flags.DEFINE_float("crop_seconds", 0.0, "--configs: crop length; 0: each data.max_samples.")
   flags.DEFINE_list("mesh", ["1", "1", "1"], "--configs: mesh sizes DATA,FSDP,TENSOR.")
+  flags.DEFINE_integer(
+    "vocab_size",
+    DEFAULT_VOCAB_SIZE,
+    "CTC fine-tuning configs: lm_head's tokens (the run's "
+    "vocabulary; default LibriSpeech's characters with the 4 special tokens).",
+  )
   app.run(main)

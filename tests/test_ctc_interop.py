@@ -39,6 +39,7 @@ import xla_flags
 
 from configs import common, demo_ctc  # noqa: E402
 from sslax import (
+  describe,  # noqa: E402
   evaluate,  # noqa: E402
   init_from,  # noqa: E402
 )
@@ -267,3 +268,29 @@ def test_export_refuses_what_a_ctc_export_cannot_hold():
     )
   with pytest.raises(ValueError, match="vocab missing"):
     hf.export_hf("/nonexistent", ctc_model, {}, normalize=False)
+
+
+def _hf_ctc_num_params(**fields):
+  with torch.device("meta"):
+    model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**fields))
+  return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("vocab_size", [32, 40])
+def test_describe_counts_fine_tuning_configs_as_transformers(vocab_size):
+  """`sslax.describe` on the CTC configs, the vocabulary given: facebook/wav2vec2-base-960h's
+  and wav2vec2-large-960h-lv60-self's architectures, built by transformers on no memory."""
+  large_fields = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    feat_extract_norm="layer",
+    conv_bias=True,
+    do_stable_layer_norm=True,
+  )
+  for name, fields in (("ctc_base_10m", {}), ("ctc_large_960h", large_fields)):
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    config = describe.with_vocabulary(describe.load_config(path), vocab_size)
+    expected = _hf_ctc_num_params(vocab_size=vocab_size, **fields)
+    assert describe.parameter_counts(config)["total"] == expected, name

@@ -18,6 +18,8 @@ from sslax.models import frontends, wav2vec2
 from sslax.registry import model_types
 from sslax.train import wav2vec2_step
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.parametrize(
   "config_module, expected", [(w2v_base, 95_044_608), (w2v_large, 317_390_592)]
@@ -136,25 +138,48 @@ def _layers_and_batch_fake(table):
 @pytest.mark.slow
 def test_activation_rule_matches_direct_compilation(monkeypatch):
   """Stated tolerances: the marginal bytes of one example are constant in the batch within
-  3%, and extrapolating 1 and 2 layers to 4 gives the 4-layer figure within 5%."""
-  config = demo.get_config()  # 4 layers
+  3%, and the rule's estimate for an 8-layer demo model, extrapolated from fewer layers, is
+  the directly compiled 8-layer figure within 5%."""
+  config = describe._with_layers(demo.get_config(), 8)
   n = config.data.max_samples
-  temp = {
-    (layers, batch): describe.compiled_gradient_temp_bytes(
-      describe._with_layers(config, layers), batch, n
-    )
-    for layers, batch in [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (4, 1), (4, 2)]
-  }
-  one_layer = temp[1, 2] - temp[1, 1]
-  assert temp[1, 3] - temp[1, 1] == pytest.approx(2 * one_layer, rel=0.03)
-  direct = temp[4, 2] - temp[4, 1]
-  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
+  one_layer = describe._with_layers(config, 1)
+  t1, t2, t3 = (describe.compiled_gradient_temp_bytes(one_layer, b, n) for b in (1, 2, 3))
+  assert t3 - t1 == pytest.approx(2 * (t2 - t1), rel=0.03)
+  direct = describe.compiled_gradient_temp_bytes(
+    config, 2, n
+  ) - describe.compiled_gradient_temp_bytes(config, 1, n)
+  compiled = {(1, 1): t1, (1, 2): t2}  # by (layers, batch)
+  real = describe.compiled_gradient_temp_bytes
+
+  def recording(config, batch, num_samples):
+    key = (config.model.num_layers, batch)
+    if key not in compiled:
+      compiled[key] = real(config, batch, num_samples)
+    return compiled[key]
+
+  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", recording)
   estimate = describe.activation_bytes_per_example(config, n)
-  assert estimate == one_layer + 3 * (temp[2, 2] - temp[2, 1] - one_layer)
+  assert max(layers for layers, _ in compiled) < 8  # extrapolated
   assert estimate == pytest.approx(direct, rel=0.05)
   # At least every layer's f32 input, kept for the backward pass.
   frames = frontends.num_frames(n, config.model.conv_layers)
   assert estimate > config.model.num_layers * frames * config.model.embed_dim * 4
+
+
+def test_activation_rule_waits_until_the_layers_set_the_peak(monkeypatch):
+  """A fixed transient (400 bytes per example, e.g. a frozen feature encoder's forward
+  pass) sets the peak until the layers' stored activations (50 + 100 per layer) exceed it;
+  the first layers' slope (0) would miss them."""
+  per_example = {layers: max(400, 50 + 100 * layers) for layers in range(1, 13)}
+  temp = {(layers, b): 1000 + b * m for layers, m in per_example.items() for b in (1, 2)}
+  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
+  config = describe._with_layers(demo.get_config(), 12)
+  assert describe.activation_bytes_per_example(config, 32_000) == 50 + 100 * 12
+  # Linear from the first layer: three layers suffice; fewer layers than that: exact.
+  temp = {(layers, b): 1000 + b * 100 * layers for layers in range(1, 4) for b in (1, 2)}
+  monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
+  assert describe.activation_bytes_per_example(config, 32_000) == 100 * 12
+  assert describe.activation_bytes_per_example(describe._with_layers(config, 2), 1) == 200
 
 
 def test_state_bytes_match_jax_shard_shapes():
@@ -180,7 +205,7 @@ def test_state_bytes_match_jax_shard_shapes():
 def test_comparison_rows_and_table(monkeypatch):
   temp = {
     (layers, batch): 1000 + 10 * layers + 100 * layers * batch
-    for layers in (1, 2)
+    for layers in range(1, 5)
     for batch in (1, 2)
   }
   monkeypatch.setattr(describe, "compiled_gradient_temp_bytes", _layers_and_batch_fake(temp))
@@ -234,3 +259,85 @@ def test_command_line_compares_configs():
   params = describe.parameter_counts(demo.get_config("tiny"))["total"]
   assert len(rows) == 1 and f"| {params:,} |" in rows[0]
   assert float(rows[0].split("|")[4]) == 1.0
+
+
+def _ctc_config(name="ctc_base_10m", vocab_size=32, **model):
+  config = describe.load_config(str(ROOT / "configs" / f"{name}.py"))
+  config = describe.with_vocabulary(config, vocab_size)
+  config.model.update(model)
+  return config
+
+
+def test_fine_tuning_configs_need_and_get_a_vocabulary():
+  config = describe.load_config(str(ROOT / "configs" / "ctc_base_10m.py"))
+  with pytest.raises(ValueError, match="without vocab_size.*--vocab_size"):
+    describe.parameter_counts(config)
+  assert describe.with_vocabulary(config, 40).model.vocab_size == 40
+  assert "vocab_size" not in config.model  # a copy
+  pretraining = w2v_base.get_config()
+  assert describe.with_vocabulary(pretraining, 40) is pretraining
+  with pytest.raises(ValueError, match="no get_config"):
+    describe.load_config(str(ROOT / "configs" / "xlsr.py"))
+
+
+def test_ctc_flops_hand_computed_with_a_frozen_feature_encoder():
+  model = _ctc_config().model
+  flops = describe.forward_flops(model, 250_000)  # 781 frames, as the Base crop above
+  assert flops["ctc_head"] == 2 * 781 * (512 * 768 + 768 * 32)
+  assert "quantizer_and_heads" not in flops
+  body = flops["total"] - flops["conv_extractor"]
+  # fairseq's fine-tuning (feature_grad_mult 0): no backward pass through the conv stack.
+  train = describe.train_flops(model, 250_000)
+  assert train["conv_extractor"] == flops["conv_extractor"]
+  assert train["total"] == pytest.approx(3 * body + flops["conv_extractor"], rel=1e-12)
+  # From scratch (a trained feature encoder) everything costs 3 x forward.
+  scratch = _ctc_config(feature_grad_mult=1.0).model
+  assert describe.train_flops(scratch, 250_000)["total"] == pytest.approx(3 * flops["total"])
+
+
+def test_ctc_state_keeps_one_copy_of_a_frozen_feature_encoder():
+  config = _ctc_config()
+  counts = describe.parameter_counts(config)
+  one_device = dict(data=1, fsdp=1, tensor=1)
+  frontend = counts["frontend"]
+  assert describe.state_bytes_per_device(config, one_device) == 16 * counts["total"] - 12 * frontend
+  scratch = _ctc_config(feature_grad_mult=1.0)
+  assert describe.state_bytes_per_device(scratch, one_device) == 16 * counts["total"]
+
+
+def test_ctc_activation_memory_skips_a_frozen_feature_encoder():
+  """One more example of the compiled CTC gradient keeps at least the layer's f32 input,
+  and a frozen feature encoder keeps nothing for a backward pass, so less than a trained
+  one."""
+  n = 16_000
+
+  def per_example(config):
+    return describe.compiled_gradient_temp_bytes(
+      config, 2, n
+    ) - describe.compiled_gradient_temp_bytes(config, 1, n)
+
+  config = describe.load_config(str(ROOT / "configs" / "demo_ctc.py") + ":tiny")
+  frozen = describe.with_vocabulary(describe._with_layers(config, 1))
+  trained = describe._with_layers(frozen, 1)
+  trained.model.feature_grad_mult = 1.0
+  frames = frontends.num_frames(n, frozen.model.conv_layers)
+  frozen_bytes = per_example(frozen)
+  assert frozen_bytes > frames * frozen.model.embed_dim * 4
+  assert per_example(trained) > frozen_bytes
+
+
+def test_command_line_describes_a_fine_tuning_config():
+  result = subprocess.run(
+    [sys.executable, "-m", "sslax.describe", "--config=configs/ctc_base_10m.py", "--vocab_size=40"],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+    cwd=ROOT,
+  )
+  expected = describe.parameter_counts(_ctc_config(vocab_size=40))["total"]
+  assert expected == describe.parameter_counts(_ctc_config())["total"] + 8 * 768 + 8
+  totals = [line.split() for line in result.stdout.splitlines() if line.startswith("total ")]
+  assert totals[0] == ["total", f"{expected:,}"]  # the parameter table's
+  conv = [line.split() for line in result.stdout.splitlines() if line.startswith("conv_extractor")]
+  assert len(conv) == 1 and conv[0][1] == conv[0][2]  # forward = train: frozen

@@ -37,15 +37,15 @@ _INIT_FRAMES = 50  # parameter shapes do not depend on the input length
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2Vec2ForCTC:
-  """The CTC model with the config's compute dtype (parameters stay float32)."""
+  """The CTC model with the config's compute dtype (parameters stay float32), `vocab_size`
+  tokens (it overrides a `config.model.vocab_size`)."""
   if config.model.feature_grad_mult < 0:
     raise ValueError(
       f"config.model.feature_grad_mult={config.model.feature_grad_mult}: must be 0 (a frozen "
       "feature encoder, as fairseq fine-tunes) or positive (it trains, gradient scaled by it)"
     )
-  return ctc.Wav2Vec2ForCTC(
-    **config.model.to_dict(), vocab_size=vocab_size, dtype=jnp.dtype(config.compute_dtype)
-  )
+  fields = dict(config.model.to_dict(), vocab_size=vocab_size)
+  return ctc.Wav2Vec2ForCTC(**fields, dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_params_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
@@ -80,22 +80,18 @@ def param_group(name: str, train_frontend: bool) -> str:
   return optim.TRAINED if name == HEAD else optim.DELAYED
 
 
-def make_train_step(
-  model: ctc.Wav2Vec2ForCTC,
-  tx: optax.GradientTransformation,
-  schedule: optax.Schedule,
-  config: ml_collections.ConfigDict,
-  *,
-  head_only: bool = False,
-) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
-  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted): the update
-  of the freeze phase (only lm_head gets a gradient) if `head_only`, else the update after it.
+def trained_params(params: dict, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The top-level parameters that get a gradient after the freeze phase: all but a
+  frozen feature encoder."""
+  frozen = set() if frontend_trains(config) else {FRONTEND}
+  return tuple(sorted(set(params) - frozen))
 
-  `batch` holds audio f32[B,S], audio_paddings f32[B,S], mask bool[B,F], channel_mask
-  bool[B,D], labels i32[B,L] and label_paddings f32[B,L]; metrics are the sums of
-  `sslax.objectives.ctc.ctc_loss` plus per-step scalars.
-  """
-  accum = config.grad_accum_steps
+
+def make_loss_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[..., tuple[jax.Array, dict]]:
+  """Returns `loss_fn(params, microbatch, rng, trained) -> (loss, sums)`: the summed CTC
+  loss (`sslax.objectives.ctc.ctc_loss`) of a training forward pass (dropout, layerdrop,
+  the microbatch's time and channel masks) of the `microbatch` (keys as `make_train_step`'s
+  batch); the top-level parameters outside `trained` are constants."""
 
   def loss_fn(params, microbatch, rng, trained):
     # Parameters outside `trained` are constants: no gradient, and no backward pass
@@ -117,10 +113,30 @@ def make_train_step(
       logits_BxFxV, frame_paddings_BxF, microbatch["labels"], microbatch["label_paddings"]
     )
 
+  return loss_fn
+
+
+def make_train_step(
+  model: ctc.Wav2Vec2ForCTC,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  config: ml_collections.ConfigDict,
+  *,
+  head_only: bool = False,
+) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
+  """Returns `step(state, batch, rng) -> (new_state, metrics)` (not yet jitted): the update
+  of the freeze phase (only lm_head gets a gradient) if `head_only`, else the update after it.
+
+  `batch` holds audio f32[B,S], audio_paddings f32[B,S], mask bool[B,F], channel_mask
+  bool[B,D], labels i32[B,L] and label_paddings f32[B,L]; metrics are the sums of
+  `sslax.objectives.ctc.ctc_loss` plus per-step scalars.
+  """
+  accum = config.grad_accum_steps
+  loss_fn = make_loss_fn(model)
+
   def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    frozen = set() if frontend_trains(config) else {FRONTEND}
-    trained = (HEAD,) if head_only else tuple(sorted(set(state.params) - frozen))
+    trained = (HEAD,) if head_only else trained_params(state.params, config)
     grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
     grads, sums = accumulation.summed_grads(grad_fn, state.params, batch, rng, accum)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
