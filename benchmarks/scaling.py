@@ -195,6 +195,8 @@ def plot(runs: list[dict], fits: dict[str, dict], path: str) -> None:
     label = f"{size} ({mine[0]['parameters']:,} params): b = {fit['b']:.3f}"
     axes.plot(grid, power_law(grid, fit), color=colour, label=label)
   axes.set_xscale("log")
+  # Labels at 2 and 5 times each power of ten: every minor label overlaps its neighbours.
+  axes.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
   axes.set_xlabel("training FLOPs")
   axes.set_ylabel("held-out contrastive loss (nats)")
   axes.legend(fontsize=8)
