@@ -117,6 +117,16 @@ def test_a_negative_feature_grad_mult_is_an_error(tiny):
     ctc_step.build_model(config, len(vocab))
 
 
+def test_a_batch_norm_conformer_is_refused_by_name_and_a_layer_norm_one_builds(tiny):
+  config, vocab, _, _, _ = tiny
+  config = config.copy_and_resolve_references()
+  config.model.encoder = "conformer"
+  with pytest.raises(ValueError, match="conformer_conv_norm='layer_norm'"):
+    ctc_step.build_model(config, len(vocab))
+  config.model.conformer_conv_norm = "layer_norm"
+  assert ctc_step.build_model(config, len(vocab)).encoder == "conformer"
+
+
 def test_both_phases_run_on_eight_devices_when_loaded_from_the_compilation_cache(tiny):
   """The head-only and the full update, sharded over 8 devices, compiled by one trainer
   and loaded from the suite's persistent compilation cache by a second (as a resumed run

@@ -44,6 +44,12 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2V
       f"config.model.feature_grad_mult={config.model.feature_grad_mult}: must be 0 (a frozen "
       "feature encoder, as fairseq fine-tunes) or positive (it trains, gradient scaled by it)"
     )
+  if config.model.encoder == "conformer" and config.model.conformer_conv_norm == "batch_norm":
+    raise ValueError(
+      "config.model: CTC fine-tuning does not yet carry a conformer's batch-norm running "
+      "statistics (model_state); set config.model.conformer_conv_norm='layer_norm' (a model "
+      "pretrained with 'batch_norm' cannot be fine-tuned yet)"
+    )
   fields = dict(config.model.to_dict(), vocab_size=vocab_size)
   return ctc.Wav2Vec2ForCTC(**fields, dtype=jnp.dtype(config.compute_dtype))
 
