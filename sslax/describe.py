@@ -417,11 +417,11 @@ def _training_gradient(config: ml_collections.ConfigDict) -> tuple:
   everything but a frozen feature encoder trained (after the freeze phase)."""
   if _model_type(config.model) == "ctc":
     model = ctc_step.build_model(config, config.model.vocab_size)
-    params = nn.unbox(jax.eval_shape(ctc_step.init_params_fn(model), jax.random.key(0)))
+    variables = nn.unbox(jax.eval_shape(ctc_step.init_variables_fn(model), jax.random.key(0)))
+    params = variables.pop("params")
     trained = ctc_step.trained_params(params, config)
     loss_fn = functools.partial(ctc_step.make_loss_fn(model), trained=trained)
-    ctc_grad = jax.grad(loss_fn, has_aux=True)
-    return (lambda params, _, microbatch, rng: ctc_grad(params, microbatch, rng)), params, {}
+    return jax.grad(loss_fn, has_aux=True), params, variables
   model = wav2vec2_step.build_model(config)
   variables = nn.unbox(jax.eval_shape(wav2vec2_step.init_variables_fn(model), jax.random.key(0)))
   params = variables.pop("params")
@@ -502,7 +502,7 @@ def state_bytes_per_device(config: ml_collections.ConfigDict, mesh: dict[str, in
   feature encoder (CTC fine-tuning) holds its parameters only."""
   if _model_type(config.model) == "ctc":
     model = ctc_step.build_model(config, config.model.vocab_size)
-    boxed = jax.eval_shape(ctc_step.init_params_fn(model), jax.random.key(0))
+    boxed = jax.eval_shape(ctc_step.init_variables_fn(model), jax.random.key(0))["params"]
     trained = set(ctc_step.trained_params(boxed, config))
   else:
     model = wav2vec2_step.build_model(config)

@@ -19,7 +19,7 @@ of fault and their entries carry `unread`. The job ends by logging the split, th
 checkpoint, the utterances scored and unread, WER, CER and the file written.
 
 From a script: `evaluate(config, workdir)` does all that with `config` as given;
-`evaluate_params(config, params, vocab, split, mesh)` scores any parameters,
+`evaluate_params(config, variables, vocab, split, mesh)` scores any model variables,
 `sslax.train.ctc_decode.score(references, hypotheses)` any texts.
 """
 
@@ -129,21 +129,29 @@ def evaluation_config(
 
 def evaluate_params(
   config: ml_collections.ConfigDict,
-  params: Any,
+  variables: dict[str, Any],
   vocab: text.Vocabulary,
   split: str,
   mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-  """Scores `params` (a host or device tree of the CTC model) on `config.data.name:split`:
-  `sslax.train.ctc_decode.SplitDecoder.results`."""
+  """Scores the CTC model's `variables` (`{'params': ..., **model_state}`, host or device
+  trees; a batch-norm conformer's running statistics included) on
+  `config.data.name:split`: `sslax.train.ctc_decode.SplitDecoder.results`.
+
+  Raises ValueError naming the variable collections the model has and `variables` lacks.
+  """
   model = ctc_step.build_model(config, len(vocab))
   _, _, shardings = state_lib.abstract_state_and_shardings(
-    ctc_step.init_params_fn(model), optax.identity(), mesh
+    ctc_step.init_variables_fn(model), optax.identity(), mesh, all_collections=True
   )
+  variables_shardings = state_lib.variables(shardings)
+  lacking = sorted(set(variables_shardings) - set(variables))
+  if lacking:
+    raise ValueError(f"the CTC model of config.model needs its variables {lacking}")
   decoder = ctc_decode.SplitDecoder(
-    config.data, split, config.eval.batch_size, model, shardings.params, vocab, mesh
+    config.data, split, config.eval.batch_size, model, variables_shardings, vocab, mesh
   )
-  return decoder.results(jax.device_put(params, shardings.params))
+  return decoder.results(jax.device_put(variables, variables_shardings))
 
 
 def checkpoint_to_score(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int]:
@@ -188,13 +196,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   vocab = text.Vocabulary.load(vocab_path)
   folder, step = checkpoint_to_score(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
+  variables = {
+    "params": checkpoints.load_params(workdir, step, folder),
+    **checkpoints.load_state_field(workdir, "model_state", step, folder),
+  }
   results = {
     "workdir": os.path.abspath(workdir),
     "checkpoint": folder,
     "checkpoint_step": step,
-    **evaluate_params(
-      config, checkpoints.load_params(workdir, step, folder), vocab, config.eval.split, mesh
-    ),
+    **evaluate_params(config, variables, vocab, config.eval.split, mesh),
   }
   name = re.sub(r"[^A-Za-z0-9_.-]", "_", config.eval.split)
   path = os.path.join(workdir, f"eval_{name}.json")

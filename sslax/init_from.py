@@ -8,7 +8,9 @@ Parameters that exist in the source with the same path and shape are loaded; the
 keep their fresh initialisation and are listed, as are the source's parameters the model
 has no place for (a pretraining head, or the upper Transformer layers when the config
 keeps fewer, `model.num_layers`). A parameter with the same path but another shape means
-the configs disagree: an error that names it.
+the configs disagree: an error that names it. The model's other variables (a batch-norm
+conformer's running statistics, `TrainState.model_state`) load from the source's the same
+way, so a conformer pretrained with batch norm fine-tunes with the statistics it learned.
 
 A CTC source (a fine-tuning workdir, an sslax CTC checkpoint, or `hf:` a
 `Wav2Vec2ForCTC`) brings its vocabulary. When a fine-tuning run's vocabulary differs from it
@@ -27,6 +29,7 @@ import jax
 import numpy as np
 
 from sslax.core import checkpoints, text
+from sslax.core import state as state_lib
 from sslax.interop import hf
 from sslax.registry import checkpoint
 
@@ -40,22 +43,25 @@ class Source(NamedTuple):
   params: dict[str, np.ndarray]  # flat '/'-joined paths
   fresh: list[str]  # paths the source itself lacks (initialised by the import, not loaded)
   vocab: text.Vocabulary | None  # a CTC source's vocabulary; None for other models
+  # Its other variables, flat with the collection first ('batch_stats/encoder/...').
+  model_state: dict[str, np.ndarray] = {}
 
 
 def load_source(spec: str) -> Source:
   """Reads `spec` (module docstring); the paths the source lacks are left out of params."""
   if spec.startswith(HF_PREFIX):
     loaded, fresh = hf.read_hf(spec[len(HF_PREFIX) :])
-    params, vocab = loaded.params, loaded.vocab
+    params, model_state, vocab = loaded.params, loaded.model_state, loaded.vocab
   elif os.path.isdir(os.path.join(spec, "checkpoints")):
     params, fresh, vocab = checkpoints.load_params(spec), [], checkpoint.workdir_vocab(spec)
+    model_state = checkpoints.load_state_field(spec, "model_state")
   else:
     loaded, fresh = checkpoint.read_sslax_checkpoint(spec), []
-    params, vocab = loaded.params, loaded.vocab
+    params, model_state, vocab = loaded.params, loaded.model_state, loaded.vocab
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   for path in fresh:
     del flat[path]
-  return Source(flat, fresh, vocab)
+  return Source(flat, fresh, vocab, flax.traverse_util.flatten_dict(model_state, sep="/"))
 
 
 def align_ctc_head(
@@ -96,12 +102,14 @@ def align_ctc_head(
   return params
 
 
-def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tuple[Any, list[str]]:
+def merge(
+  fresh_params: Any, loaded: dict[str, np.ndarray], source: str, *, require_shared: bool = True
+) -> tuple[Any, list[str]]:
   """Overlays `loaded` on `fresh_params` (a tree); returns (params, newly initialised paths).
 
   Raises:
-    ValueError: a loaded parameter has another shape than the model's, or the source shares
-      no parameter with the model at all.
+    ValueError: a loaded parameter has another shape than the model's, or (with
+      `require_shared`) the source shares no parameter with the model at all.
   """
   flat = flax.traverse_util.flatten_dict(fresh_params, sep="/")
   newly_initialised, used = [], 0
@@ -116,7 +124,7 @@ def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tupl
       )
     flat[path] = np.asarray(loaded[path], dtype=value.dtype)
     used += 1
-  if not used:
+  if require_shared and not used:
     raise ValueError(f"config.init_from={source} shares no parameter with this model")
   unused = sorted(set(loaded) - set(flat))
   if unused:  # e.g. a pretraining head, or the upper layers a shallower model drops
@@ -124,15 +132,27 @@ def merge(fresh_params: Any, loaded: dict[str, np.ndarray], source: str) -> tupl
   return flax.traverse_util.unflatten_dict(flat, sep="/"), newly_initialised
 
 
-def initial_params(
-  fresh_params: Any, params_shardings: Any, spec: str, vocab: text.Vocabulary | None = None
-) -> tuple[Any, list[str]]:
-  """`fresh_params` (sharded) with everything `spec` provides loaded; see the module doc.
+def initial_state(
+  fresh_state: state_lib.TrainState,
+  state_shardings: Any,
+  spec: str,
+  vocab: text.Vocabulary | None = None,
+) -> tuple[state_lib.TrainState, list[str]]:
+  """`fresh_state` (sharded as `state_shardings`) with the parameters and model state
+  `spec` provides loaded; see the module doc. Returns it and the newly initialised paths
+  (model state ones with their collection first, 'batch_stats/...').
 
   `vocab`: a fine-tuning run's vocabulary, which a CTC source's head is aligned to.
   """
   source = load_source(spec)
-  fresh_host = jax.device_get(fresh_params)
-  flat = flax.traverse_util.flatten_dict(fresh_host, sep="/")
-  merged, newly_initialised = merge(fresh_host, align_ctc_head(source, vocab, flat, spec), spec)
-  return jax.device_put(merged, params_shardings), newly_initialised
+  fresh_params = jax.device_get(fresh_state.params)
+  flat = flax.traverse_util.flatten_dict(fresh_params, sep="/")
+  params, newly_initialised = merge(fresh_params, align_ctc_head(source, vocab, flat, spec), spec)
+  model_state, newly_initialised_state = merge(
+    jax.device_get(fresh_state.model_state), source.model_state, spec, require_shared=False
+  )
+  state = fresh_state.replace(
+    params=jax.device_put(params, state_shardings.params),
+    model_state=jax.device_put(model_state, state_shardings.model_state),
+  )
+  return state, newly_initialised + newly_initialised_state

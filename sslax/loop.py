@@ -93,10 +93,9 @@ def train(
       state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, init_rng)
       data_state, consecutive_skips = {"position": 0}, 0
       if config.init_from:
-        params, newly_initialised = init_from.initial_params(
-          state.params, trainer.state_shardings.params, config.init_from, trainer.vocab
+        state, newly_initialised = init_from.initial_state(
+          state, trainer.state_shardings, config.init_from, trainer.vocab
         )
-        state = state.replace(params=params)
         logging.info(
           "initialised from %s; newly initialised: %s", config.init_from, newly_initialised
         )

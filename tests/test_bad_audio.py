@@ -286,9 +286,9 @@ def test_evaluation_scores_unread_utterances_as_deletions_and_names_them(corpus)
   _, transcripts = labelled.split_transcripts(NAME, "train", data_dir, "text", "id")
   vocab = text.Vocabulary.build(transcripts)
   model = ctc_step.build_model(config, len(vocab))
-  params = ctc_step.init_params_fn(model)(jax.random.key(0))
+  variables = ctc_step.init_variables_fn(model)(jax.random.key(0))
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  results = evaluate.evaluate_params(config, params, vocab, "train", mesh)
+  results = evaluate.evaluate_params(config, variables, vocab, "train", mesh)
   unreadable = {key: kind for key, kind in INDEXED.items() if kind != "too_short"}
   unreadable[TRUNCATED_FLAC] = "unreadable"
   assert results["unread_audio"] == dict(collections.Counter(unreadable.values()))

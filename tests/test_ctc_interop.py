@@ -185,7 +185,7 @@ def test_logits_and_greedy_transcripts_match_sslax(finetuned, exported, tmp_path
   checkpoint.save_sslax_checkpoint(sslax_dir, loaded.model_config, params, vocab=loaded.vocab)
   hf.main(["export", "--from", sslax_dir, "--to", hf_dir, "--normalize", "false"])
   processor, model = _load_hf(hf_dir)
-  results = evaluate.evaluate_params(config, params, loaded.vocab, SPLIT, mesh)
+  results = evaluate.evaluate_params(config, {"params": params}, loaded.vocab, SPLIT, mesh)
   hypotheses = [u["hypothesis"] for u in results["utterances"]]
   decoded = [
     processor.batch_decode(np.argmax(_hf_logits(processor, model, samples), -1)[None])[0]
@@ -226,7 +226,7 @@ def test_import_round_trip_and_init_from(finetuned, exported, tmp_path, capsys):
       assert json.load(a) == json.load(b), name
 
   # A fine-tuning run can start from the transformers directory (lm_head included).
-  loaded, fresh, vocab = init_from.load_source(f"hf:{exported}")
+  loaded, fresh, vocab, _ = init_from.load_source(f"hf:{exported}")
   assert fresh == [] and vocab == original.vocab
   np.testing.assert_array_equal(loaded["lm_head/kernel"], original.params["lm_head"]["kernel"])
 

@@ -10,16 +10,18 @@ import sys
 import flax.traverse_util
 import jax
 import jiwer
+import ml_collections
 import numpy as np
 import pytest
 from streams import take
 import xla_flags
 
 from configs import demo, demo_ctc
-from sslax import evaluate
+from sslax import evaluate, init_from
 from sslax.core import checkpoints, sharding, text
 from sslax.core import state as state_lib
 from sslax.data import labelled
+from sslax.registry import checkpoint
 from sslax.train import ctc_decode, ctc_step, wav2vec2_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,14 +119,56 @@ def test_a_negative_feature_grad_mult_is_an_error(tiny):
     ctc_step.build_model(config, len(vocab))
 
 
-def test_a_batch_norm_conformer_is_refused_by_name_and_a_layer_norm_one_builds(tiny):
-  config, vocab, _, _, _ = tiny
+def test_a_batch_norm_conformer_fine_tunes_with_its_running_statistics(tiny, tmp_path):
+  """A conformer with batch norm in its convolution modules (the default) fine-tunes: its
+  running statistics move at every update, in the freeze phase too (fairseq's encoder runs
+  in training mode there, under no_grad); decoding normalises with them; and
+  `config.init_from` loads them with the parameters."""
+  config, vocab, batch, mesh, _ = tiny
   config = config.copy_and_resolve_references()
   config.model.encoder = "conformer"
-  with pytest.raises(ValueError, match="conformer_conv_norm='layer_norm'"):
-    ctc_step.build_model(config, len(vocab))
-  config.model.conformer_conv_norm = "layer_norm"
-  assert ctc_step.build_model(config, len(vocab)).encoder == "conformer"
+  assert config.model.conformer_conv_norm == "batch_norm"
+  trainer = ctc_step.build_trainer(config, mesh, len(vocab))
+  state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(0))
+  history = [flat(state.model_state)]
+  assert history[0] and all(path.startswith("batch_stats/") for path in history[0])
+  for _ in range(FREEZE + 1):
+    state, _ = run_steps(trainer, mesh, batch, state, 1)
+    history.append(flat(state.model_state))
+  for step, (before, after) in enumerate(zip(history, history[1:], strict=False), 1):
+    for path, value in before.items():
+      assert not np.array_equal(after[path], value), f"{path} unchanged by update {step}"
+  # From the initial unit variance, momentum 0.1: 0.9 * 1 + 0.1 * (a variance >= 0).
+  variances = [v for path, v in history[1].items() if path.endswith("/var")]
+  assert variances and all(np.all(v >= 0.9 - 1e-6) for v in variances)
+
+  # Decoding normalises with the running statistics: other statistics, other outputs.
+  decode = ctc_decode.make_decode_fn(
+    trainer.model, state_lib.variables(trainer.state_shardings), mesh
+  )
+  variables = state_lib.variables(state)
+  shifted = dict(variables, batch_stats=jax.tree.map(lambda x: x + 3.0, variables["batch_stats"]))
+  with sharding.activate(mesh):
+    global_batch = sharding.global_batch(batch, mesh)
+    best, _ = jax.device_get(decode(variables, global_batch))
+    best_shifted, _ = jax.device_get(decode(shifted, global_batch))
+  assert not np.array_equal(best, best_shifted)
+  with pytest.raises(ValueError, match="batch_stats"):
+    evaluate.evaluate_params(config, {"params": state.params}, vocab, "train", mesh)
+
+  # A run initialised from a checkpoint of this model starts from its statistics.
+  source = str(tmp_path / "ctc_conformer")
+  host = jax.device_get(state)
+  model_config = ml_collections.ConfigDict(dict(config.model.to_dict(), vocab_size=len(vocab)))
+  checkpoint.save_sslax_checkpoint(source, model_config, host.params, host.model_state, vocab)
+  fresh = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(1))
+  loaded, newly_initialised = init_from.initial_state(fresh, trainer.state_shardings, source, vocab)
+  assert newly_initialised == []
+  for name in ("params", "model_state"):
+    expected, got = flat(getattr(host, name)), flat(getattr(loaded, name))
+    assert expected.keys() == got.keys()
+    for path, value in expected.items():
+      np.testing.assert_array_equal(got[path], value, err_msg=path)
 
 
 def test_both_phases_run_on_eight_devices_when_loaded_from_the_compilation_cache(tiny):
@@ -186,9 +230,11 @@ def test_tiny_model_learns_to_transcribe_a_fixed_batch(tiny):
   ]
 
   def cer(params):
-    decode = ctc_decode.make_decode_fn(trainer.model, trainer.state_shardings.params, mesh)
+    decode = ctc_decode.make_decode_fn(
+      trainer.model, {"params": trainer.state_shardings.params}, mesh
+    )
     with sharding.activate(mesh):
-      best, frames = jax.device_get(decode(params, sharding.global_batch(batch, mesh)))
+      best, frames = jax.device_get(decode({"params": params}, sharding.global_batch(batch, mesh)))
     hypotheses = [vocab.decode(text.collapse(b[:n])) for b, n in zip(best, frames, strict=True)]
     return jiwer.cer(references, hypotheses)
 

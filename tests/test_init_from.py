@@ -108,7 +108,7 @@ def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
     check=True,
     capture_output=True,
   )
-  exported, _, vocab = init_from.load_source(f"hf:{hf_dir}")
+  exported, _, vocab, _ = init_from.load_source(f"hf:{hf_dir}")
   assert vocab is None  # not a CTC model
   for path, value in flat_source.items():
     np.testing.assert_array_equal(exported[path], value, err_msg=path)
@@ -118,7 +118,7 @@ def test_load_source_reads_a_hugging_face_checkpoint(tmp_path):
   model_config = demo.get_config("tiny").model
   params = model_types.init_params(model_config, seed=7)
   hf.export_hf(str(tmp_path), model_config, params)
-  loaded, fresh, _ = init_from.load_source(f"hf:{tmp_path}")
+  loaded, fresh, _, _ = init_from.load_source(f"hf:{tmp_path}")
   assert fresh == []
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   assert loaded.keys() == flat.keys()

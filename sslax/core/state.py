@@ -41,6 +41,14 @@ class TrainState:
   model_state: dict = flax.struct.field(default_factory=dict)
 
 
+def variables(state: TrainState) -> dict:
+  """`{'params': state.params, **state.model_state}`: what `model.apply` takes in evaluation.
+
+  Also maps a TrainState of shardings to the shardings of those variables.
+  """
+  return {"params": state.params, **state.model_state}
+
+
 def apply_train(
   model: nn.Module, params: Any, model_state: dict, *args, **kwargs
 ) -> tuple[Any, dict]:

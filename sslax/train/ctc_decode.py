@@ -57,12 +57,16 @@ def edit_sums(results: dict[str, Any]) -> dict[str, float]:
   }
 
 
-def make_decode_fn(model: ctc.Wav2Vec2ForCTC, params_shardings: Any, mesh: jax.sharding.Mesh):
-  """Jitted `(params, batch) -> (best i32[B, F], valid frames i32[B])`, batch-sharded."""
+def make_decode_fn(model: ctc.Wav2Vec2ForCTC, variables_shardings: Any, mesh: jax.sharding.Mesh):
+  """Jitted `(variables, batch) -> (best i32[B, F], valid frames i32[B])`, batch-sharded.
 
-  def decode(params, batch):
+  `variables` are `{'params': ..., **model_state}` (`sslax.core.state.variables`): a
+  batch-norm conformer decodes with its running statistics.
+  """
+
+  def decode(variables, batch):
     logits_BxFxV, frame_paddings_BxF = model.apply(
-      {"params": params}, batch["audio"], batch["audio_paddings"], train=False
+      variables, batch["audio"], batch["audio_paddings"], train=False
     )
     best_BxF = jnp.argmax(logits_BxFxV, axis=-1).astype(jnp.int32)
     return best_BxF, jnp.sum(1.0 - frame_paddings_BxF, axis=1).astype(jnp.int32)
@@ -70,7 +74,7 @@ def make_decode_fn(model: ctc.Wav2Vec2ForCTC, params_shardings: Any, mesh: jax.s
   batch_sharding = sharding.batch_sharding(mesh)
   return jax.jit(
     decode,
-    in_shardings=(params_shardings, batch_sharding),
+    in_shardings=(variables_shardings, batch_sharding),
     out_shardings=(batch_sharding, batch_sharding),
   )
 
@@ -100,7 +104,7 @@ class SplitDecoder:
     split: str,
     batch_size: int,
     model: ctc.Wav2Vec2ForCTC,
-    params_shardings: Any,
+    variables_shardings: Any,
     vocab: text.Vocabulary,
     mesh: jax.sharding.Mesh,
   ):
@@ -117,17 +121,18 @@ class SplitDecoder:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     )
-    self._decode = make_decode_fn(model, params_shardings, mesh)
+    self._decode = make_decode_fn(model, variables_shardings, mesh)
     self._vocab = vocab
     self._mesh = mesh
 
-  def transcribe(self, params: Any) -> list[str]:
+  def transcribe(self, variables: Any) -> list[str]:
     """Greedy hypotheses of every utterance, in the split's order (on every process);
-    `params` are on the device, sharded as `params_shardings`."""
+    `variables` (`make_decode_fn`'s) are on the device, sharded as `variables_shardings`."""
     hypotheses = [""] * len(self.eval_set.ids)
     with sharding.activate(self._mesh), self.eval_set.batches() as batches:
       for host_batch, examples_B in batches:
-        best_BxF, frames_B = self._decode(params, sharding.global_batch(host_batch, self._mesh))
+        global_batch = sharding.global_batch(host_batch, self._mesh)
+        best_BxF, frames_B = self._decode(variables, global_batch)
         best_BxF = np.asarray(multihost_utils.process_allgather(best_BxF, tiled=True))
         frames_B = np.asarray(multihost_utils.process_allgather(frames_B, tiled=True))
         for row, index in enumerate(examples_B):
@@ -135,11 +140,11 @@ class SplitDecoder:
             hypotheses[index] = self._vocab.decode(text.collapse(best_BxF[row, : frames_B[row]]))
     return hypotheses
 
-  def results(self, params: Any) -> dict[str, Any]:
+  def results(self, variables: Any) -> dict[str, Any]:
     """The metrics of `score` plus `dataset`, `unread_audio` (counts by kind of fault), the
     normalisation, the decoding and per-utterance `{'id', 'reference', 'hypothesis'}`
     (and `unread` for an utterance whose audio could not be read)."""
-    hypotheses = self.transcribe(params)
+    hypotheses = self.transcribe(variables)
     references = list(self.eval_set.references)
     unread = unread_utterances(self.eval_set)
     utterances = [

@@ -9,6 +9,13 @@ with dropout, layerdrop and masks but gets no gradient, so its backward pass is 
 time masks, channel masks and layerdrop apply in training; the summed CTC loss's gradient
 is divided by the number of utterances (`sentence_avg`), over all microbatches when
 `grad_accum_steps` > 1.
+
+A conformer with batch norm in its convolution modules keeps its running statistics in
+`TrainState.model_state['batch_stats']` (loaded from the pretrained run by
+`config.init_from`). Training normalises with the batch's statistics and updates the
+running ones in both phases, as fairseq's model, in training mode under `no_grad` during
+the freeze, does; the microbatches' updates are averaged as in pretraining
+(`sslax.train.wav2vec2_step`). Validation and evaluation decode with the running ones.
 """
 
 from collections.abc import Callable
@@ -44,31 +51,25 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ctc.Wav2V
       f"config.model.feature_grad_mult={config.model.feature_grad_mult}: must be 0 (a frozen "
       "feature encoder, as fairseq fine-tunes) or positive (it trains, gradient scaled by it)"
     )
-  if config.model.encoder == "conformer" and config.model.conformer_conv_norm == "batch_norm":
-    raise ValueError(
-      "config.model: CTC fine-tuning does not yet carry a conformer's batch-norm running "
-      "statistics (model_state); set config.model.conformer_conv_norm='layer_norm' (a model "
-      "pretrained with 'batch_norm' cannot be fine-tuned yet)"
-    )
   fields = dict(config.model.to_dict(), vocab_size=vocab_size)
   return ctc.Wav2Vec2ForCTC(**fields, dtype=jnp.dtype(config.compute_dtype))
 
 
-def init_params_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
-  """rng -> boxed parameters (with logical axis names), mask embedding included."""
+def init_variables_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[[jax.Array], Any]:
+  """rng -> every boxed variable collection (with logical axis names): 'params', mask
+  embedding included, and a batch-norm conformer's 'batch_stats'."""
   num_samples = 320 * _INIT_FRAMES + 80
   num_frames = int(backbone.num_frames(num_samples, model))
 
   def init(rng: jax.Array) -> Any:
     params_rng, dropout_rng = jax.random.split(rng)
-    variables = model.init(
+    return model.init(
       {"params": params_rng, "dropout": dropout_rng},
       jnp.zeros((1, num_samples), jnp.float32),
       jnp.zeros((1, num_samples), jnp.float32),
       jnp.zeros((1, num_frames), bool),
       train=False,
     )
-    return variables["params"]
 
   return init
 
@@ -93,21 +94,25 @@ def trained_params(params: dict, config: ml_collections.ConfigDict) -> tuple[str
   return tuple(sorted(set(params) - frozen))
 
 
-def make_loss_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[..., tuple[jax.Array, dict]]:
-  """Returns `loss_fn(params, microbatch, rng, trained) -> (loss, sums)`: the summed CTC
-  loss (`sslax.objectives.ctc.ctc_loss`) of a training forward pass (dropout, layerdrop,
-  the microbatch's time and channel masks) of the `microbatch` (keys as `make_train_step`'s
-  batch); the top-level parameters outside `trained` are constants."""
+def make_loss_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[..., tuple[jax.Array, tuple]]:
+  """Returns `loss_fn(params, model_state, microbatch, rng, trained) -> (loss, (sums,
+  updates))`: the summed CTC loss (`sslax.objectives.ctc.ctc_loss`) of a training forward
+  pass (dropout, layerdrop, the microbatch's time and channel masks) of the `microbatch`
+  (keys as `make_train_step`'s batch) and the updated running statistics (`model_state`'s
+  mutable collections; {} without batch norm); the top-level parameters outside `trained`
+  are constants."""
 
-  def loss_fn(params, microbatch, rng, trained):
+  def loss_fn(params, model_state, microbatch, rng, trained):
     # Parameters outside `trained` are constants: no gradient, and no backward pass
     # through parts that only they feed (the whole feature encoder).
     params = {
       name: value if name in trained else jax.lax.stop_gradient(value)
       for name, value in params.items()
     }
-    logits_BxFxV, frame_paddings_BxF = model.apply(
-      {"params": params},
+    (logits_BxFxV, frame_paddings_BxF), updates = state_lib.apply_train(
+      model,
+      params,
+      model_state,
       microbatch["audio"],
       microbatch["audio_paddings"],
       microbatch["mask"],
@@ -115,9 +120,10 @@ def make_loss_fn(model: ctc.Wav2Vec2ForCTC) -> Callable[..., tuple[jax.Array, di
       train=True,
       rngs={"dropout": rng},
     )
-    return objective.ctc_loss(
+    loss, sums = objective.ctc_loss(
       logits_BxFxV, frame_paddings_BxF, microbatch["labels"], microbatch["label_paddings"]
     )
+    return loss, (sums, updates)
 
   return loss_fn
 
@@ -144,17 +150,30 @@ def make_train_step(
     rng = jax.random.fold_in(rng, state.step)
     trained = (HEAD,) if head_only else trained_params(state.params, config)
     grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
-    grads, sums = accumulation.summed_grads(grad_fn, state.params, batch, rng, accum)
+
+    def microbatch_grads(params, microbatch, microbatch_rng):
+      return grad_fn(params, state.model_state, microbatch, microbatch_rng)
+
+    grads, (sums, updates) = accumulation.summed_grads(
+      microbatch_grads, state.params, batch, rng, accum
+    )
+    updates = jax.tree.map(lambda total: total / accum, updates)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
     metrics = dict(
       sums,
       audio_samples=jnp.sum(1.0 - batch["audio_paddings"]),
       learning_rate=schedule(state.step),
       grad_norm=optax.tree.norm(grads),
     )
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      model_state=dict(state.model_state, **updates),
+    )
+    return new_state, metrics
 
   return step
 
@@ -167,7 +186,7 @@ def build_trainer(
   group_of = functools.partial(param_group, train_frontend=frontend_trains(config))
   tx, schedule = optim.make_finetuning_optimizer(config.optim, config.total_steps, group_of)
   init_fn, abstract_state, state_shardings = state_lib.abstract_state_and_shardings(
-    init_params_fn(model), tx, mesh
+    init_variables_fn(model), tx, mesh, all_collections=True
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -260,10 +279,10 @@ def finetuning_setup(
       split,
       config.eval.batch_size,
       trainer.model,
-      trainer.state_shardings.params,
+      state_lib.variables(trainer.state_shardings),
       vocab,
       mesh,
     )
-    return lambda state: ctc_decode.edit_sums(decoder.results(state.params))
+    return lambda state: ctc_decode.edit_sums(decoder.results(state_lib.variables(state)))
 
   return stream, dataclasses.replace(trainer, vocab=vocab, score_split=score_split)
