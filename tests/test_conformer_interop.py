@@ -20,7 +20,9 @@ the encoder's final LayerNorm, i.e. `last_hidden_state`) must agree within ATOL 
 absolute in float32 on each utterance's frames.
 
 Export then reload in transformers gives back every tensor bitwise (the running statistics
-included) and the same outputs bitwise. Options sslax's conformer lacks are errors naming
+included) and the same outputs bitwise. A `Wav2Vec2ConformerForCTC` (relative positions,
+layer-norm extractor) imports with its vocabulary, its logits within ATOL of transformers'
+on each utterance, and exports back bitwise. Options sslax's conformer lacks are errors naming
 them.
 """
 
@@ -40,11 +42,18 @@ from configs import common, demo_conformer, w2v_conformer_large  # noqa: E402
 from sslax import extract  # noqa: E402
 from sslax.core import (
   checkpoints,  # noqa: E402
+  text,  # noqa: E402
   workdirs,  # noqa: E402
 )
 from sslax.core import state as state_lib  # noqa: E402
-from sslax.interop import hf, hf_config_fields, hf_families, hf_state_dict  # noqa: E402
-from sslax.registry import checkpoint  # noqa: E402
+from sslax.interop import (  # noqa: E402
+  hf,
+  hf_config_fields,
+  hf_families,
+  hf_processor,
+  hf_state_dict,
+)
+from sslax.registry import checkpoint, model_types  # noqa: E402
 
 ATOL = 1e-4
 LENGTHS = (8000, 5600, 3300)  # samples: 24, 17 and 10 frames
@@ -87,7 +96,11 @@ def _hf_model(position_embeddings, norm, conv_bias, architecture, seed=0):
     conv_bias=conv_bias,
   )
   torch.manual_seed(seed)
-  model = getattr(transformers, architecture)(config).eval()
+  return _perturbed(getattr(transformers, architecture)(config).eval())
+
+
+def _perturbed(model):
+  """`model` with every parameter moved and the running statistics off (0, 1)."""
   with torch.no_grad():
     for p in model.parameters():
       p.add_(0.1 * torch.randn_like(p))
@@ -260,6 +273,58 @@ def test_export_from_a_training_workdir_takes_its_batch_statistics(importer, tmp
     assert json.load(f)["do_normalize"] == config.data.normalize
 
 
+def test_a_ctc_conformer_imports_at_parity_and_exports_bitwise(tmp_path, capsys):
+  """transformers' `Wav2Vec2ConformerForCTC` (a fine-tuned conformer, as
+  facebook/wav2vec2-conformer-rel-pos-large-960h-ft) imports with its vocabulary and running
+  statistics: logits within ATOL of transformers' on each utterance; the import exports back
+  bitwise, as a fine-tuned sslax conformer exports."""
+  vocab = text.Vocabulary((*text.SPECIALS, text.WORD_DELIMITER, *"ABCDEFG"))
+  config = transformers.Wav2Vec2ConformerConfig(
+    **SMALL,
+    position_embeddings_type="relative",
+    feat_extract_norm="layer",
+    conv_bias=True,
+    vocab_size=len(vocab),
+    pad_token_id=text.BLANK_ID,
+  )
+  torch.manual_seed(0)
+  model = _perturbed(transformers.Wav2Vec2ConformerForCTC(config).eval())
+  hf_dir, sslax_dir = str(tmp_path / "hf"), str(tmp_path / "sslax")
+  model.save_pretrained(hf_dir)
+  hf_processor.write_processor(hf_dir, vocab, normalize=False, layer_norm=True)
+  hf.main(["import", "--from", hf_dir, "--to", sslax_dir])
+  assert "initialised afresh: nothing" in capsys.readouterr().out
+  loaded = checkpoint.read_sslax_checkpoint(sslax_dir)
+  assert model_types.model_type(loaded.model_config) == "ctc"
+  assert loaded.model_config.encoder == "conformer" and loaded.vocab == vocab
+  ours_model = model_types.build_model(loaded.model_config)
+  audio_BxS, _ = _batch()
+  for b, n in enumerate(LENGTHS):
+    audio_1xS = audio_BxS[b : b + 1, :n]
+    ours, _ = ours_model.apply(loaded.variables(), audio_1xS, np.zeros_like(audio_1xS), train=False)
+    with torch.no_grad():
+      theirs = model(torch.from_numpy(audio_1xS)).logits.numpy()
+    assert ours.shape == theirs.shape
+    difference = np.max(np.abs(np.asarray(ours) - theirs))
+    print(f"utterance {b}: max |logit difference| {difference:.1e}")
+    assert difference <= ATOL, (b, difference)
+
+  out_dir = str(tmp_path / "exported")
+  hf.main(["export", "--from", sslax_dir, "--to", out_dir, "--normalize", "false"])
+  assert "left out: nothing" in capsys.readouterr().out
+  reloaded, info = transformers.Wav2Vec2ConformerForCTC.from_pretrained(
+    out_dir, output_loading_info=True
+  )
+  assert not any(info.values()), info
+  exported = reloaded.state_dict()
+  for key, value in model.state_dict().items():
+    if "pos_conv_embed" not in key and not key.endswith("num_batches_tracked"):
+      assert torch.equal(exported[key], value), key
+  assert transformers.Wav2Vec2Processor.from_pretrained(out_dir).tokenizer.get_vocab() == dict(
+    vocab.index
+  )
+
+
 @pytest.fixture(scope="module")
 def hf_config():
   return transformers.Wav2Vec2ConformerConfig(**SMALL).to_dict()
@@ -272,7 +337,11 @@ def hf_config():
     ("hidden_act", "gelu", "hidden_act='gelu'"),
     ("conv_depthwise_kernel_size", 8, "conv_depthwise_kernel_size=8"),
     ("add_adapter", True, "add_adapter"),
-    ("architectures", ["Wav2Vec2ConformerForCTC"], "Wav2Vec2ConformerForCTC"),
+    (
+      "architectures",
+      ["Wav2Vec2ConformerForSequenceClassification"],
+      "Wav2Vec2ConformerForSequenceClassification",
+    ),
   ],
 )
 def test_unsupported_conformer_options_are_named(hf_config, key, value, match):

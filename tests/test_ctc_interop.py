@@ -262,10 +262,16 @@ def test_unsupported_ctc_checkpoints_are_named(exported, tmp_path, file, edit, m
 def test_export_refuses_what_a_ctc_export_cannot_hold():
   ctc_model = common.ctc_model(common.wav2vec2_model(), vocab_size=32)
   assert hf_config_fields.hf_config_from_model(ctc_model)["architectures"] == [hf_families.CTC]
-  with pytest.raises(ValueError, match="encoder='conformer' has no transformers Wav2Vec2ForCTC"):
-    hf_config_fields.hf_config_from_model(
-      common.ctc_model(common.wav2vec2_model(encoder="conformer"), vocab_size=32)
+  conformer = common.ctc_model(common.wav2vec2_model(encoder="conformer"), vocab_size=32)
+  assert hf_config_fields.hf_config_from_model(conformer)["architectures"] == [
+    hf_families.CONFORMER_CTC
+  ]
+  for field, value in (("frontend", "logmel"), ("conformer_conv_norm", "layer_norm")):
+    model = common.ctc_model(
+      common.wav2vec2_model(encoder="conformer", **{field: value}), vocab_size=32
     )
+    with pytest.raises(ValueError, match=f"{field}='{value}' has no transformers"):
+      hf_config_fields.hf_config_from_model(model)
   with pytest.raises(ValueError, match="vocab missing"):
     hf.export_hf("/nonexistent", ctc_model, {}, normalize=False)
 

@@ -8,6 +8,7 @@ by transformers class, with the sslax model (`config.model`) each becomes:
     Wav2Vec2ConformerModel                   (sslax/models/conformer.py)
   HubertModel                              hubert (sslax/models/hubert.py)
   Wav2Vec2ForCTC                           ctc (sslax/models/ctc.py), with its vocabulary
+  Wav2Vec2ConformerForCTC                  ctc with `encoder='conformer'`, likewise
 
 Feature extractors: group norm or layer norm, with or without conv bias. Transformer
 encoders: post-LN (`do_stable_layer_norm=False`) and pre-LN (`True`), gelu. Conformer
@@ -36,7 +37,7 @@ ignored on import and written with fixed values on export: the conformer's
 `encoder.pos_conv_embed` (transformers builds it but never calls it; written as a zero
 convolution: weight_g 0, weight_v 1, bias 0) and batch norm's `num_batches_tracked`
 (unused with a momentum; written as 0). Export writes the full class of the family
-(`...ForPreTraining`, `HubertModel`, `Wav2Vec2ForCTC`); the HuBERT head has no place there
+(`...ForPreTraining`, `HubertModel`, `...ForCTC`); the HuBERT head has no place there
 and is left out, with a logged warning. A CTC export also writes the tokenizer
 (`vocab.json`, `tokenizer_config.json`, `special_tokens_map.json`) and the feature
 extractor (`preprocessor_config.json`: 16 kHz, `do_normalize` as the run's
@@ -79,7 +80,8 @@ Command line:
   python -m sslax.interop.hf export --from SSLAX_DIR --to HF_DIR [--normalize true|false]
 SSLAX_DIR is an sslax checkpoint directory (sslax/registry/checkpoint.py gives its layout)
 or a training workdir (`sslax.main --workdir`), whose latest checkpoint is exported: a
-fine-tuning workdir (it holds vocab.json) exports as `Wav2Vec2ForCTC` with its tokenizer.
+fine-tuning workdir (it holds vocab.json) exports as `Wav2Vec2ForCTC` (a conformer's as
+`Wav2Vec2ConformerForCTC`) with its tokenizer.
 `--normalize` says whether the model was trained on normalised waveforms (the
 feature extractor's `do_normalize`); a workdir's config.json says it already, a CTC
 checkpoint directory needs it.
@@ -111,7 +113,7 @@ from sslax.registry import checkpoint, model_types
 def read_hf(path: str, *, seed: int = 0) -> tuple[checkpoint.Checkpoint, list[str]]:
   """Reads a transformers checkpoint directory: (the sslax checkpoint, fresh parameter paths).
 
-  A `Wav2Vec2ForCTC` directory's vocab.json becomes the checkpoint's vocabulary.
+  A CTC directory's vocab.json becomes the checkpoint's vocabulary.
   """
   hf_config, tensors = hf_state_dict.read_hf_checkpoint(path)
   model_config = hf_config_fields.model_config_from_hf(hf_config)
@@ -126,8 +128,8 @@ def read_hf(path: str, *, seed: int = 0) -> tuple[checkpoint.Checkpoint, list[st
 
 
 def import_hf(path: str, *, seed: int = 0) -> tuple[ml_collections.ConfigDict, dict, list[str]]:
-  """(model_config, params, fresh parameter paths) of `read_hf(path)`: the parameters only,
-  as `config.init_from` loads them (a conformer's batch statistics are left out)."""
+  """(model_config, params, fresh parameter paths) of `read_hf(path)`: the parameters only
+  (a conformer's batch statistics, `read_hf`'s model_state, are left out)."""
   loaded, fresh = read_hf(path, seed=seed)
   return loaded.model_config, loaded.params, fresh
 

@@ -8,6 +8,7 @@ and the sslax model it becomes (`model_types.MODELS` type and `config.model.enco
     Wav2Vec2ConformerModel
   HubertModel                              hubert, Transformer     (none)
   Wav2Vec2ForCTC                           ctc, Transformer        ('wav2vec2.')
+  Wav2Vec2ConformerForCTC                  ctc, conformer          ('wav2vec2_conformer.')
 
 The config fields of each encoder and head are in hf_config_fields.py, their tensors in
 hf_architecture_maps.py, both keyed by the family's `encoder` and `model_type`.
@@ -25,6 +26,7 @@ CONFORMER_PRETRAINING = "Wav2Vec2ConformerForPreTraining"
 CONFORMER_MODEL = "Wav2Vec2ConformerModel"
 HUBERT = "HubertModel"
 CTC = "Wav2Vec2ForCTC"
+CONFORMER_CTC = "Wav2Vec2ConformerForCTC"
 # sslax's conformer computes rotary frequencies of base 10000 (sslax/models/conformer.py);
 # transformers' conformer config.json names it, and stores the frequencies.
 ROTARY_BASE = 10000
@@ -65,6 +67,7 @@ FAMILIES = (
   ),
   Family("hubert", HUBERT, HUBERT, "", "hubert", "transformer"),
   Family("wav2vec2", CTC, None, "wav2vec2.", "ctc", "transformer"),
+  Family("wav2vec2-conformer", CONFORMER_CTC, None, "wav2vec2_conformer.", "ctc", "conformer"),
 )
 
 
