@@ -32,9 +32,10 @@ the run (built from its transcripts, sslax/train/ctc_step.py `vocabulary`), so d
 gives `lm_head` `--vocab_size` tokens, by default 32: LibriSpeech's characters as sslax
 builds them (4 special tokens, the word delimiter '|', 26 letters and the apostrophe), the
 size of fairseq's letter dictionary with its specials and of transformers'
-`Wav2Vec2Config`. Training FLOPs are 3 x forward except for a frozen feature encoder
-(`model.feature_grad_mult` 0, fairseq's fine-tuning): no backward pass runs through it, so
-it costs its forward only. The figures are those after the freeze phase
+`Wav2Vec2Config`. Training FLOPs are 3 x forward except where no backward pass runs,
+which costs its forward only: a frozen feature encoder (`model.feature_grad_mult` 0,
+fairseq's fine-tuning) and BEST-RQ's targets (the frozen random-projection quantizer on the
+input's own log-mel features). The figures are those after the freeze phase
 (`optim.freeze_finetune_updates`), when everything but a frozen feature encoder trains.
 
 `--configs` (comma-separated config files, each optionally FILE:ARG) prints one Markdown
@@ -97,6 +98,8 @@ DEFAULT_VOCAB_SIZE = 32
 _FINETUNING_JOBS = ("finetune", "evaluate")
 # `forward_flops` components of the feature encoder (waveform or log mel).
 _FRONTEND_COMPONENTS = ("conv_extractor", "mel_filterbank", "subsampling_conv")
+# Components no gradient flows through in any training run.
+_FORWARD_ONLY_COMPONENTS = ("bestrq_targets",)
 _FAST_CODEGEN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -300,11 +303,14 @@ def _encoder_flops(c: ml_collections.ConfigDict, frames: int) -> dict:
 
 def train_flops(model_config: ml_collections.ConfigDict, num_samples: int) -> dict[str, float]:
   """Training FLOPs of one crop of `num_samples` samples, by component (keys as
-  `forward_flops`): TRAIN_FLOPS_PER_FORWARD x forward, the forward only for a frozen
-  feature encoder (a CTC model with `feature_grad_mult` 0: no backward pass runs through it).
+  `forward_flops`): TRAIN_FLOPS_PER_FORWARD x forward, the forward only where no backward
+  pass runs: BEST-RQ's targets (a frozen projection of the input's own features) and a
+  frozen feature encoder (a CTC model with `feature_grad_mult` 0).
   """
   forward = forward_flops(model_config, num_samples)
-  forward_only = () if _frontend_trains(model_config) else _FRONTEND_COMPONENTS
+  forward_only = _FORWARD_ONLY_COMPONENTS
+  if not _frontend_trains(model_config):
+    forward_only += _FRONTEND_COMPONENTS
   flops = {
     name: value * (1 if name in forward_only else TRAIN_FLOPS_PER_FORWARD)
     for name, value in forward.items()

@@ -84,6 +84,11 @@ def test_flops_hand_computed_bestrq_0_6b():
   # Targets: 501 stacks of 4 frames, 16 projections to 16 dims, 16 x 8192 codeword scores.
   quantizer = 2 * 501 * (4 * 80 * 16 * 16 + 16 * 8192 * 16)
   assert flops["bestrq_targets"] == quantizer + 2 * 2001 * 257 * 80
+  # The targets are computed once, with no backward pass; the rest costs 3 x forward.
+  train = describe.train_flops(config.model, 320_000)
+  assert train["bestrq_targets"] == flops["bestrq_targets"]
+  body = flops["total"] - flops["bestrq_targets"]
+  assert train["total"] == pytest.approx(3 * body + flops["bestrq_targets"], rel=1e-12)
   counts = describe.parameter_counts(config)
   assert counts["head"] == d * 16 * 8192 + 16 * 8192
   assert 0.6e9 < counts["encoder"] < 0.61e9  # "0.6B"
@@ -127,9 +132,10 @@ def test_command_line_describes_bestrq_with_its_frozen_variables():
   assert "20.00 s, 501 frames" in result.stdout
   total_line = [line for line in result.stdout.splitlines() if line.startswith("total ")][-1]
   forward, train = (float(v) for v in total_line.split()[1:])
-  expected = describe.flops_per_audio_second(_config_file("bestrq_conformer_0.6b"))["total"]
-  assert forward == pytest.approx(expected / 1e9, abs=0.01)
-  assert train == pytest.approx(3 * forward, abs=0.02)
+  flops = describe.flops_per_audio_second(_config_file("bestrq_conformer_0.6b"))
+  assert forward == pytest.approx(flops["total"] / 1e9, abs=0.01)
+  targets = flops["bestrq_targets"] / 1e9  # forward only (no gradient reaches them)
+  assert train == pytest.approx(3 * (forward - targets) + targets, abs=0.02)
 
 
 @pytest.mark.parametrize(
