@@ -14,8 +14,10 @@ A conformer with batch norm in its convolution modules keeps its running statist
 `TrainState.model_state['batch_stats']` (loaded from the pretrained run by
 `config.init_from`). Training normalises with the batch's statistics and updates the
 running ones in both phases, as fairseq's model, in training mode under `no_grad` during
-the freeze, does; the microbatches' updates are averaged as in pretraining
-(`sslax.train.wav2vec2_step`). Validation and evaluation decode with the running ones.
+the freeze, does; the microbatches' updates are averaged. The update itself (accumulation,
+model state, optimizer) is pretraining's, `sslax.train.wav2vec2_step.make_update_step`,
+with the CTC loss and its denominator. Validation and evaluation decode with the running
+statistics.
 """
 
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from sslax.core import state as state_lib
 from sslax.data import labelled
 from sslax.models import backbone, ctc
 from sslax.objectives import ctc as objective
-from sslax.train import accumulation, ctc_decode, nonfinite, optim, wav2vec2_step
+from sslax.train import ctc_decode, nonfinite, optim, wav2vec2_step
 
 VOCAB_FILE = "vocab.json"
 # Top-level parameter names: the feature encoder and the head trained from step 0.
@@ -143,39 +145,21 @@ def make_train_step(
   bool[B,D], labels i32[B,L] and label_paddings f32[B,L]; metrics are the sums of
   `sslax.objectives.ctc.ctc_loss` plus per-step scalars.
   """
-  accum = config.grad_accum_steps
-  loss_fn = make_loss_fn(model)
+  ctc_loss = make_loss_fn(model)
 
-  def step(state: state_lib.TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-    trained = (HEAD,) if head_only else trained_params(state.params, config)
-    grad_fn = jax.grad(functools.partial(loss_fn, trained=trained), has_aux=True)
+  def loss_fn(params, model_state, microbatch, rng, scalars, train=True):
+    del scalars, train  # none per step; always a training pass
+    trained = (HEAD,) if head_only else trained_params(params, config)
+    return ctc_loss(params, model_state, microbatch, rng, trained)
 
-    def microbatch_grads(params, microbatch, microbatch_rng):
-      return grad_fn(params, state.model_state, microbatch, microbatch_rng)
-
-    grads, (sums, updates) = accumulation.summed_grads(
-      microbatch_grads, state.params, batch, rng, accum
-    )
-    updates = jax.tree.map(lambda total: total / accum, updates)
-    grads = jax.tree.map(lambda g: g / jnp.maximum(sums["utterances"], 1.0), grads)
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, param_updates)
-    metrics = dict(
-      sums,
-      audio_samples=jnp.sum(1.0 - batch["audio_paddings"]),
-      learning_rate=schedule(state.step),
-      grad_norm=optax.tree.norm(grads),
-    )
-    new_state = state.replace(
-      step=state.step + 1,
-      params=params,
-      opt_state=opt_state,
-      model_state=dict(state.model_state, **updates),
-    )
-    return new_state, metrics
-
-  return step
+  return wav2vec2_step.make_update_step(
+    loss_fn,
+    lambda step: {},
+    tx,
+    schedule,
+    config.grad_accum_steps,
+    denominator="utterances",
+  )
 
 
 def build_trainer(

@@ -154,12 +154,15 @@ def make_update_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   grad_accum_steps: int,
+  *,
+  denominator: str = "masked_frames",
 ) -> Callable[[state_lib.TrainState, dict, jax.Array], tuple[state_lib.TrainState, dict]]:
-  """The update every pretraining objective shares: `step(state, batch, rng)`.
+  """The update every objective shares, CTC fine-tuning's too: `step(state, batch, rng)`.
 
   Gradients and metric sums of `loss_fn` over `grad_accum_steps` microbatches
-  (`accumulation.summed_grads`), divided by the summed `masked_frames`; updated model
-  state collections are averaged over the microbatches; metrics are the sums plus
+  (`accumulation.summed_grads`), divided by the summed metric `denominator` (pretraining:
+  `masked_frames`, fairseq's sample_size; CTC: `utterances`); updated model state
+  collections are averaged over the microbatches; metrics are the sums plus
   `step_scalars(step)` and per-step learning rate, grad norm and audio samples.
   """
   accum = grad_accum_steps
@@ -176,7 +179,7 @@ def make_update_step(
       microbatch_grads, state.params, batch, rng, accum
     )
     updates = jax.tree.map(lambda total: total / accum, updates)
-    grads = jax.tree.map(lambda g: g / jnp.maximum(sums["masked_frames"], 1.0), grads)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(sums[denominator], 1.0), grads)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
     metrics = dict(
