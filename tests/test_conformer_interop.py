@@ -33,6 +33,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hf_models  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -96,20 +97,7 @@ def _hf_model(position_embeddings, norm, conv_bias, architecture, seed=0):
     conv_bias=conv_bias,
   )
   torch.manual_seed(seed)
-  return _perturbed(getattr(transformers, architecture)(config).eval())
-
-
-def _perturbed(model):
-  """`model` with every parameter moved and the running statistics off (0, 1)."""
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-    for name, buffer in model.named_buffers():
-      if name.endswith("running_mean"):
-        buffer.copy_(0.3 * torch.randn_like(buffer))
-      elif name.endswith("running_var"):
-        buffer.copy_(torch.rand_like(buffer) + 0.5)
-  return model
+  return hf_models.perturbed(getattr(transformers, architecture)(config).eval())
 
 
 def _base(model):
@@ -135,16 +123,6 @@ def _hf_outputs(model, audio_1xS):
     result["projected"] = head.projected_states.numpy()
     result["targets"] = head.projected_quantized_states.numpy()
   return result
-
-
-def _batch():
-  rng = np.random.default_rng(0)
-  audio_BxS = rng.normal(size=(len(LENGTHS), max(LENGTHS))).astype(np.float32)
-  paddings_BxS = np.zeros_like(audio_BxS)
-  for b, n in enumerate(LENGTHS):
-    audio_BxS[b, n:] = 0.0
-    paddings_BxS[b, n:] = 1.0
-  return audio_BxS, paddings_BxS
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +157,7 @@ def test_hidden_states_match_transformers(imported):
   name, model, _, sslax_dir, _ = imported
   loaded = checkpoint.read_sslax_checkpoint(sslax_dir)
   assert loaded.model_config.encoder == "conformer"
-  audio_BxS, _ = _batch()
+  audio_BxS, _ = hf_models.padded_noise(LENGTHS)
   utterances = [audio_BxS[b, :n] for b, n in enumerate(LENGTHS)]
   layers = list(range(SMALL["num_hidden_layers"] + 1))
   with pytest.raises(ValueError, match="pass model_state"):
@@ -235,7 +213,7 @@ def test_export_reloads_in_transformers_bitwise(imported, tmp_path, capsys):
     assert torch.equal(exported[key], value), (name, key)
   pos_conv = next(v for k, v in exported.items() if k.endswith("pos_conv_embed.conv.bias"))
   assert not torch.any(pos_conv)
-  audio_BxS, _ = _batch()
+  audio_BxS, _ = hf_models.padded_noise(LENGTHS)
   before = _hf_outputs(model, audio_BxS)
   after = _hf_outputs(reloaded, audio_BxS)
   for i, (x, y) in enumerate(zip(before["hidden"], after["hidden"], strict=True)):
@@ -288,7 +266,7 @@ def test_a_ctc_conformer_imports_at_parity_and_exports_bitwise(tmp_path, capsys)
     pad_token_id=text.BLANK_ID,
   )
   torch.manual_seed(0)
-  model = _perturbed(transformers.Wav2Vec2ConformerForCTC(config).eval())
+  model = hf_models.perturbed(transformers.Wav2Vec2ConformerForCTC(config).eval())
   hf_dir, sslax_dir = str(tmp_path / "hf"), str(tmp_path / "sslax")
   model.save_pretrained(hf_dir)
   hf_processor.write_processor(hf_dir, vocab, normalize=False, layer_norm=True)
@@ -298,7 +276,7 @@ def test_a_ctc_conformer_imports_at_parity_and_exports_bitwise(tmp_path, capsys)
   assert model_types.model_type(loaded.model_config) == "ctc"
   assert loaded.model_config.encoder == "conformer" and loaded.vocab == vocab
   ours_model = model_types.build_model(loaded.model_config)
-  audio_BxS, _ = _batch()
+  audio_BxS, _ = hf_models.padded_noise(LENGTHS)
   for b, n in enumerate(LENGTHS):
     audio_1xS = audio_BxS[b : b + 1, :n]
     ours, _ = ours_model.apply(loaded.variables(), audio_1xS, np.zeros_like(audio_1xS), train=False)
@@ -387,14 +365,8 @@ def test_export_writes_the_conformer_large_architecture():
   """configs/w2v_conformer_large.py exports as facebook/wav2vec2-conformer-rel-pos-large."""
   exported = hf_config_fields.hf_config_from_model(w2v_conformer_large.get_config().model)
   reference = transformers.Wav2Vec2ConformerConfig(
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    feat_extract_norm="layer",
-    conv_bias=True,
-    codevector_dim=768,
-    proj_codevector_dim=768,
+    **hf_models.LARGE_ENCODER,
+    **hf_models.LARGE_QUANTIZER,
     hidden_act="swish",
     position_embeddings_type="relative",
   ).to_dict()

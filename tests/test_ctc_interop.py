@@ -28,6 +28,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hf_models  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -286,16 +287,7 @@ def _hf_ctc_num_params(**fields):
 def test_describe_counts_fine_tuning_configs_as_transformers(vocab_size):
   """`sslax.describe` on the CTC configs, the vocabulary given: facebook/wav2vec2-base-960h's
   and wav2vec2-large-960h-lv60-self's architectures, built by transformers on no memory."""
-  large_fields = dict(
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    feat_extract_norm="layer",
-    conv_bias=True,
-    do_stable_layer_norm=True,
-  )
-  for name, fields in (("ctc_base_10m", {}), ("ctc_large_960h", large_fields)):
+  for name, fields in (("ctc_base_10m", {}), ("ctc_large_960h", hf_models.LARGE_ENCODER)):
     path = os.path.join(REPO, "configs", f"{name}.py")
     config = describe.with_vocabulary(describe.load_config(path), vocab_size)
     expected = _hf_ctc_num_params(vocab_size=vocab_size, **fields)

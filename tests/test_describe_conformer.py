@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import hf_models
 import jax
 import jax.numpy as jnp
 import pytest
@@ -34,15 +35,8 @@ def test_conformer_large_parameters_match_transformers():
   fairseq's conformer have one); every other parameter has a counterpart here.
   """
   hf_config = transformers.Wav2Vec2ConformerConfig(
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    feat_extract_norm="layer",
-    conv_bias=True,
-    do_stable_layer_norm=True,
-    codevector_dim=768,
-    proj_codevector_dim=768,
+    **hf_models.LARGE_ENCODER,
+    **hf_models.LARGE_QUANTIZER,
     position_embeddings_type="relative",
     conv_depthwise_kernel_size=31,
   )

@@ -14,6 +14,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hf_models  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile  # noqa: E402
@@ -46,10 +47,7 @@ def test_extract_matches_transformers_alone(tmp_path, stable):
     do_stable_layer_norm=stable,
   )
   torch.manual_seed(0)
-  model = transformers.Wav2Vec2ForPreTraining(config).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
+  model = hf_models.perturbed(transformers.Wav2Vec2ForPreTraining(config).eval())
   model.save_pretrained(tmp_path / "hf")
 
   rng = np.random.default_rng(0)

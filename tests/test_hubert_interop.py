@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import flax.traverse_util  # noqa: E402
+import hf_models  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,10 +48,7 @@ def hf_hubert(tmp_path_factory):
     **SMALL, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True
   )
   torch.manual_seed(0)
-  model = transformers.HubertModel(config).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
+  model = hf_models.perturbed(transformers.HubertModel(config).eval())
   hf_dir = str(tmp_path_factory.mktemp("hf_hubert"))
   model.save_pretrained(hf_dir)
   return model, hf_dir

@@ -27,6 +27,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hf_models  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -112,21 +113,7 @@ def _hf_model(norm, stable, conv_bias, mask_time_prob, architecture, seed=0):
     mask_time_prob=mask_time_prob,
   )
   torch.manual_seed(seed)
-  model = getattr(transformers, architecture)(config).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model
-
-
-def _batch():
-  rng = np.random.default_rng(0)
-  audio_BxS = rng.normal(size=(len(LENGTHS), max(LENGTHS))).astype(np.float32)
-  paddings_BxS = np.zeros_like(audio_BxS)
-  for b, n in enumerate(LENGTHS):
-    audio_BxS[b, n:] = 0.0
-    paddings_BxS[b, n:] = 1.0
-  return audio_BxS, paddings_BxS
+  return hf_models.perturbed(getattr(transformers, architecture)(config).eval())
 
 
 def _sslax_outputs(model_config, params, audio_BxS, paddings_BxS):
@@ -198,7 +185,7 @@ def imported(request, tmp_path_factory):
 def test_hidden_states_match_transformers(imported):
   name, model, sslax_dir, _ = imported
   model_config, params = checkpoint.load_sslax_checkpoint(sslax_dir)
-  audio_BxS, paddings_BxS = _batch()
+  audio_BxS, paddings_BxS = hf_models.padded_noise(LENGTHS)
   ours = _sslax_outputs(model_config, params, audio_BxS, paddings_BxS)
   assert len(ours.hidden_states) == model_config.num_layers + 1
   frames_B = frontends.num_frames(np.asarray(LENGTHS), model_config.conv_layers)
@@ -247,7 +234,7 @@ def test_export_reloads_in_transformers_bitwise(imported, tmp_path, capsys):
   }
   for key, value in original.items():
     assert torch.equal(exported[key], value), key
-  audio_BxS, _ = _batch()
+  audio_BxS, _ = hf_models.padded_noise(LENGTHS)
   before = _hf_outputs(model, audio_BxS)
   after = _hf_outputs(reloaded, audio_BxS)
   for i, (x, y) in enumerate(zip(before["hidden"], after["hidden"], strict=True)):
@@ -389,17 +376,7 @@ def test_parameter_counts_equal_transformers():
   large = w2v_large.get_config().model
   # facebook/wav2vec2-base and facebook/wav2vec2-large-lv60, built locally.
   assert _hf_num_params() == _sslax_num_params(base) == 95_044_608
-  large_fields = dict(
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    feat_extract_norm="layer",
-    conv_bias=True,
-    do_stable_layer_norm=True,
-    codevector_dim=768,
-    proj_codevector_dim=768,
-  )
+  large_fields = dict(**hf_models.LARGE_ENCODER, **hf_models.LARGE_QUANTIZER)
   assert _hf_num_params(**large_fields) == _sslax_num_params(large) == 317_390_592
   # And export writes those architectures.
   for model_config, fields in ((base, {}), (large, large_fields)):
