@@ -8,7 +8,11 @@ Parameters that exist in the source with the same path and shape are loaded; the
 keep their fresh initialisation and are listed, as are the source's parameters the model
 has no place for (a pretraining head, or the upper Transformer layers when the config
 keeps fewer, `model.num_layers`). A parameter with the same path but another shape means
-the configs disagree: an error that names it. The model's other variables (a batch-norm
+the configs disagree: an error that names it, as is a source of another architecture
+(`model_types.architecture_differences`: another encoder or frontend, pre-LN against
+post-LN...), whose parameters would otherwise load under other names or with another
+meaning; fairseq's fine-tuning takes these fields from the checkpoint, sslax asks the
+config to state them. The model's other variables (a batch-norm
 conformer's running statistics, `TrainState.model_state`) load from the source's the same
 way, so a conformer pretrained with batch norm fine-tunes with the statistics it learned.
 
@@ -26,12 +30,13 @@ from typing import Any, NamedTuple
 from absl import logging
 import flax.traverse_util
 import jax
+import ml_collections
 import numpy as np
 
 from sslax.core import checkpoints, text
 from sslax.core import state as state_lib
 from sslax.interop import hf
-from sslax.registry import checkpoint
+from sslax.registry import checkpoint, model_types
 
 HF_PREFIX = "hf:"
 CTC_HEAD = ("lm_head/kernel", "lm_head/bias")  # f32[D, V], f32[V]: one column per token
@@ -45,23 +50,35 @@ class Source(NamedTuple):
   vocab: text.Vocabulary | None  # a CTC source's vocabulary; None for other models
   # Its other variables, flat with the collection first ('batch_stats/encoder/...').
   model_state: dict[str, np.ndarray] = {}
+  # Its `config.model` fields; None for a workdir without config.json.
+  model_config: ml_collections.ConfigDict | None = None
 
 
 def load_source(spec: str) -> Source:
   """Reads `spec` (module docstring); the paths the source lacks are left out of params."""
   if spec.startswith(HF_PREFIX):
     loaded, fresh = hf.read_hf(spec[len(HF_PREFIX) :])
-    params, model_state, vocab = loaded.params, loaded.model_state, loaded.vocab
   elif os.path.isdir(os.path.join(spec, "checkpoints")):
-    params, fresh, vocab = checkpoints.load_params(spec), [], checkpoint.workdir_vocab(spec)
-    model_state = checkpoints.load_state_field(spec, "model_state")
+    try:
+      model_config = checkpoint.workdir_model_config(spec)
+    except FileNotFoundError:
+      model_config = None
+    loaded, fresh = (
+      checkpoint.Checkpoint(
+        model_config,
+        checkpoints.load_params(spec),
+        checkpoints.load_state_field(spec, "model_state"),
+        checkpoint.workdir_vocab(spec),
+      ),
+      [],
+    )
   else:
     loaded, fresh = checkpoint.read_sslax_checkpoint(spec), []
-    params, model_state, vocab = loaded.params, loaded.model_state, loaded.vocab
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  flat = flax.traverse_util.flatten_dict(loaded.params, sep="/")
   for path in fresh:
     del flat[path]
-  return Source(flat, fresh, vocab, flax.traverse_util.flatten_dict(model_state, sep="/"))
+  state = flax.traverse_util.flatten_dict(loaded.model_state, sep="/")
+  return Source(flat, fresh, loaded.vocab, state, loaded.model_config)
 
 
 def align_ctc_head(
@@ -137,14 +154,28 @@ def initial_state(
   state_shardings: Any,
   spec: str,
   vocab: text.Vocabulary | None = None,
+  model_config: ml_collections.ConfigDict | None = None,
 ) -> tuple[state_lib.TrainState, list[str]]:
   """`fresh_state` (sharded as `state_shardings`) with the parameters and model state
   `spec` provides loaded; see the module doc. Returns it and the newly initialised paths
   (model state ones with their collection first, 'batch_stats/...').
 
   `vocab`: a fine-tuning run's vocabulary, which a CTC source's head is aligned to.
+  `model_config`: the run's `config.model`, checked against the source's architecture.
+
+  Raises:
+    ValueError: the source's architecture differs from `model_config` (naming each
+      field), or a parameter's shape does (`merge`).
   """
   source = load_source(spec)
+  if model_config is not None and source.model_config is not None:
+    differences = model_types.architecture_differences(source.model_config, model_config)
+    if differences:
+      raise ValueError(
+        f"config.init_from={spec} holds a model of another architecture:\n  "
+        + "\n  ".join(differences)
+        + "\nset these config.model fields as the source has them"
+      )
   fresh_params = jax.device_get(fresh_state.params)
   flat = flax.traverse_util.flatten_dict(fresh_params, sep="/")
   params, newly_initialised = merge(fresh_params, align_ctc_head(source, vocab, flat, spec), spec)

@@ -94,7 +94,7 @@ def train(
       data_state, consecutive_skips = {"position": 0}, 0
       if config.init_from:
         state, newly_initialised = init_from.initial_state(
-          state, trainer.state_shardings, config.init_from, trainer.vocab
+          state, trainer.state_shardings, config.init_from, trainer.vocab, config.model
         )
         logging.info(
           "initialised from %s; newly initialised: %s", config.init_from, newly_initialised

@@ -227,7 +227,8 @@ def test_import_round_trip_and_init_from(finetuned, exported, tmp_path, capsys):
       assert json.load(a) == json.load(b), name
 
   # A fine-tuning run can start from the transformers directory (lm_head included).
-  loaded, fresh, vocab, _ = init_from.load_source(f"hf:{exported}")
+  source = init_from.load_source(f"hf:{exported}")
+  loaded, fresh, vocab = source.params, source.fresh, source.vocab
   assert fresh == [] and vocab == original.vocab
   np.testing.assert_array_equal(loaded["lm_head/kernel"], original.params["lm_head"]["kernel"])
 

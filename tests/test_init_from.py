@@ -66,30 +66,68 @@ def test_align_ctc_head_moves_columns_to_the_runs_tokens(caplog):
   assert init_from.align_ctc_head(source, None, fresh, "SRC") is params
 
 
+def test_a_source_of_another_architecture_is_an_error_naming_each_field(tmp_path):
+  model_config = demo.get_config("tiny").model
+  differences = model_types.architecture_differences
+  assert differences(model_config, model_config) == []
+
+  def changed(**fields):
+    config = model_config.copy_and_resolve_references()
+    config.update(fields)
+    return config
+
+  # Fine-tuning may change regularisation and depth; a Transformer ignores conformer fields.
+  assert (
+    differences(changed(dropout=0.5, num_layers=1, conformer_conv_kernel=3), model_config) == []
+  )
+  assert differences(changed(encoder="conformer", conformer_conv_kernel=3), model_config) == [
+    "encoder: 'conformer' there, 'transformer' here"
+  ]
+  pre_ln = changed(layer_norm_first=not model_config.layer_norm_first)
+  expected = [
+    f"layer_norm_first: {pre_ln.layer_norm_first!r} there, {model_config.layer_norm_first!r} here"
+  ]
+  assert differences(pre_ln, model_config) == expected
+  # Same names and shapes, another computation: loading would run silently, so it is refused.
+  source_dir = str(tmp_path / "pre_ln")
+  checkpoint.save_sslax_checkpoint(source_dir, pre_ln, model_types.init_params(pre_ln, seed=0))
+  with pytest.raises(ValueError, match="another architecture:\n  layer_norm_first: "):
+    init_from.initial_state(None, None, source_dir, model_config=model_config)
+
+
 def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
   """The first step of a run from a checkpoint uses exactly the checkpoint's parameters."""
   model_config = demo.get_config("tiny").model
   source = model_types.init_params(model_config, seed=123)
   source_dir = str(tmp_path / "pretrained")
   checkpoint.save_sslax_checkpoint(source_dir, model_config, source)
+
+  def run_main(workdir, *overrides):
+    return subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "sslax.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={demo_data_dir}",
+        f"--config.init_from={source_dir}",
+        "--config.total_steps=1",
+        "--config.optim.warmup_steps=1",
+        *overrides,
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+
+  # The job checks the source's architecture against its config before loading.
+  refused = run_main(str(tmp_path / "pre_ln"), f"--config.model.layer_norm_first={True}")
+  assert refused.returncode != 0
+  assert "layer_norm_first: False there, True here" in refused.stderr, refused.stderr[-3000:]
   workdir = str(tmp_path / "run")
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "sslax.main",
-      "--config=configs/demo.py:tiny",
-      f"--workdir={workdir}",
-      f"--config.data.data_dir={demo_data_dir}",
-      f"--config.init_from={source_dir}",
-      "--config.total_steps=1",
-      "--config.optim.warmup_steps=1",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_main(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"initialised from {source_dir}; newly initialised: []" in result.stderr
   # Step 1 has learning rate 0 (warmup starts at 0): the saved parameters are the source's.
@@ -108,7 +146,8 @@ def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
     check=True,
     capture_output=True,
   )
-  exported, _, vocab, _ = init_from.load_source(f"hf:{hf_dir}")
+  source = init_from.load_source(f"hf:{hf_dir}")
+  exported, vocab = source.params, source.vocab
   assert vocab is None  # not a CTC model
   for path, value in flat_source.items():
     np.testing.assert_array_equal(exported[path], value, err_msg=path)
@@ -118,7 +157,8 @@ def test_load_source_reads_a_hugging_face_checkpoint(tmp_path):
   model_config = demo.get_config("tiny").model
   params = model_types.init_params(model_config, seed=7)
   hf.export_hf(str(tmp_path), model_config, params)
-  loaded, fresh, _, _ = init_from.load_source(f"hf:{tmp_path}")
+  source = init_from.load_source(f"hf:{tmp_path}")
+  loaded, fresh = source.params, source.fresh
   assert fresh == []
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   assert loaded.keys() == flat.keys()

@@ -172,6 +172,17 @@ def workdir_vocab(workdir: str) -> text.Vocabulary | None:
   return text.Vocabulary.load(path) if os.path.exists(path) else None
 
 
+def workdir_model_config(workdir: str) -> ml_collections.ConfigDict:
+  """A training workdir's `config.model` (from `workdir/config.json`), with `vocab_size`
+  from a fine-tuning run's vocabulary."""
+  with open(os.path.join(workdir, workdirs.CONFIG_FILE)) as f:
+    fields = json.load(f)["model"]
+  vocab = workdir_vocab(workdir)
+  if vocab is not None:
+    fields = dict(fields, vocab_size=len(vocab))
+  return model_types.model_config_from_json(fields)
+
+
 def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
   """A training workdir's checkpoint `step` (default the latest) as numpy arrays.
 
@@ -183,12 +194,8 @@ def read_workdir(workdir: str, step: int | None = None) -> Checkpoint:
     FileNotFoundError: the workdir holds no complete checkpoint.
     ValueError: the checkpoint's variables do not have the shapes config.model implies.
   """
-  with open(os.path.join(workdir, workdirs.CONFIG_FILE)) as f:
-    fields = json.load(f)["model"]
+  model_config = workdir_model_config(workdir)
   vocab = workdir_vocab(workdir)
-  if vocab is not None:
-    fields = dict(fields, vocab_size=len(vocab))
-  model_config = model_types.model_config_from_json(fields)
   step = checkpoints.latest_complete_step(workdir) if step is None else step
   expected_params, expected_state = model_types.variable_shapes(model_config)
   params = checkpoints.load_params(workdir, step)

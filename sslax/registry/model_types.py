@@ -28,6 +28,49 @@ _EVAL_KWARGS = {"wav2vec2": {"gumbel_temperature": 1.0}, "hubert": {}, "ctc": {}
 _NOT_FIELDS = {"parent", "name", "dtype", "param_dtype"}
 
 
+# The backbone fields that fix what its parameters compute: shared, then per frontend and
+# per encoder (`backbone.Backbone`'s docstrings). Dropouts, masks, layerdrop, the number of
+# layers and the output heads (quantizer, lm_head) are not among them: fine-tuning may
+# change those.
+_ARCHITECTURE = ("frontend", "encoder", "embed_dim", "num_heads", "mlp_dim")
+_FRONTEND_ARCHITECTURE = {
+  "waveform": ("conv_layers", "extractor_mode", "conv_bias"),
+  "logmel": ("mel_bins", "mel_normalization", "mel_subsampling", "mel_conv_channels"),
+}
+_ENCODER_ARCHITECTURE = {
+  "transformer": ("layer_norm_first", "pos_conv_kernel", "pos_conv_groups"),
+  "conformer": ("conformer_position_embeddings", "conformer_conv_kernel", "conformer_conv_norm"),
+}
+
+
+def architecture_differences(
+  source: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict
+) -> list[str]:
+  """The backbone architecture fields on which a pretrained model (`source`) and a model
+  that starts from it (`model_config`) differ, each as 'field: SOURCE there, MODEL here'.
+
+  Compared: frontend, encoder and widths, then the fields of the frontend and of the
+  encoder when both use the same. Two models that differ in one of these give the same
+  parameter names and shapes another meaning (`layer_norm_first`), or other names, so
+  loading one into the other would run silently with fresh or misused parameters. A
+  field either lacks takes its default.
+  """
+  defaults = field_defaults("wav2vec2")
+
+  def value(fields, key):
+    return np.asarray(fields.get(key, defaults.get(key))).tolist()
+
+  keys = list(_ARCHITECTURE)
+  for field, extra in (("frontend", _FRONTEND_ARCHITECTURE), ("encoder", _ENCODER_ARCHITECTURE)):
+    if value(source, field) == value(model_config, field):
+      keys += extra.get(value(model_config, field), ())
+  return [
+    f"{key}: {value(source, key)!r} there, {value(model_config, key)!r} here"
+    for key in keys
+    if value(source, key) != value(model_config, key)
+  ]
+
+
 def _fields(model_class) -> tuple[set[str], set[str]]:
   """(every `config.model` field of the model, those without a default)."""
   fields = [f for f in dataclasses.fields(model_class) if f.name not in _NOT_FIELDS]
