@@ -298,13 +298,15 @@ _PRETRAINING_ONLY_FIELDS = (
   "latent_vars",
   "latent_groups",
   "latent_dim",
+  "num_classes",  # HuBERT's head
+  "untie_final_proj",
 )
 
 
 def ctc_model(pretrained: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
-  """`Wav2Vec2ForCTC` fields: the architecture of a pretraining `config.model` with fairseq's
-  fine-tuning regularisation (Wav2Vec2AsrConfig defaults and the finetuning yamls), then
-  `overrides`.
+  """`Wav2Vec2ForCTC` fields: the architecture of a pretraining `config.model` (wav2vec 2.0 or
+  HuBERT, without its pretraining head) with fairseq's fine-tuning regularisation
+  (Wav2Vec2AsrConfig defaults and the finetuning yamls), then `overrides`.
   """
   model = ml_collections.ConfigDict(
     {k: v for k, v in pretrained.items() if k not in _PRETRAINING_ONLY_FIELDS}

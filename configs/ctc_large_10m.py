@@ -18,20 +18,29 @@ train_clean100 stands in. Expected (paper, Large LV-60k, 10 min, no LM): about 4
 WER test-clean / test-other (the appendix results without LM, not re-checked: which row
 is LV-60k's is an open item in docs/references.md); 4.8 / 8.2 with a Transformer LM (the
 paper's abstract).
+
+`:hubert` (`--config=configs/ctc_large_10m.py:hubert`) fine-tunes HuBERT Large instead
+(configs/hubert_large.py, or hf:HF_DIR of transformers' `HubertModel`): the same recipe on
+its architecture, whose feature encoder has no conv bias (`config.init_from` refuses a
+source of another architecture, naming the field).
 """
 
-from configs import common, w2v_large
+from configs import common, hubert_large, w2v_large
+
+# The pretrained model each argument starts from: its architecture is the CTC model's.
+_PRETRAINED = {None: w2v_large, "hubert": hubert_large}
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in _PRETRAINED:
+    raise ValueError(f"configs/ctc_large_10m.py takes no argument or 'hubert', got {arg!r}")
   c = common.finetune_config()
   c.total_steps = 13_000
   c.data.labelled_minutes = 10.0
   c.data.batch_size = 32
   c.data.normalize = True
   c.masking.mask_channel_prob = 0.25
-  c.model = common.ctc_model(w2v_large.get_config().model)
+  c.model = common.ctc_model(_PRETRAINED[arg].get_config().model)
   c.optim.learning_rate = 1e-4
   c.lock()
   return c

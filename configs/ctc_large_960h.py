@@ -14,13 +14,22 @@ per-utterance normalisation, 24 GPUs x 1.28M samples (about 160 utterances per u
 Expected (paper, Large LV-60k, 960 h, no LM): about 2.2 / 4.5 WER test-clean /
 test-other (the appendix results without LM, not re-checked: docs/references.md);
 1.8 / 3.3 with a Transformer LM (the paper's abstract).
+
+`:hubert` (`--config=configs/ctc_large_960h.py:hubert`) fine-tunes HuBERT Large instead
+(configs/hubert_large.py, or hf:HF_DIR of transformers' `HubertModel`): the same recipe on
+its architecture, whose feature encoder has no conv bias (`config.init_from` refuses a
+source of another architecture, naming the field).
 """
 
-from configs import common, w2v_large
+from configs import common, hubert_large, w2v_large
+
+# The pretrained model each argument starts from: its architecture is the CTC model's.
+_PRETRAINED = {None: w2v_large, "hubert": hubert_large}
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in _PRETRAINED:
+    raise ValueError(f"configs/ctc_large_960h.py takes no argument or 'hubert', got {arg!r}")
   c = common.finetune_config()
   c.total_steps = 320_000
   c.checkpoint_every = 10_000
@@ -29,7 +38,7 @@ def get_config(arg=None):
   c.data.normalize = True
   c.masking.mask_prob = 0.5
   c.masking.mask_channel_prob = 0.25
-  c.model = common.ctc_model(w2v_large.get_config().model)
+  c.model = common.ctc_model(_PRETRAINED[arg].get_config().model)
   c.optim.learning_rate = 3e-5
   c.lock()
   return c

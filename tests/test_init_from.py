@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from sslax import init_from
+from sslax import describe, init_from
 from sslax.core import checkpoints, text
 from sslax.interop import hf
 from sslax.registry import checkpoint, model_types
@@ -93,6 +93,40 @@ def test_a_source_of_another_architecture_is_an_error_naming_each_field(tmp_path
   checkpoint.save_sslax_checkpoint(source_dir, pre_ln, model_types.init_params(pre_ln, seed=0))
   with pytest.raises(ValueError, match="another architecture:\n  layer_norm_first: "):
     init_from.initial_state(None, None, source_dir, model_config=model_config)
+
+
+# Each shipped fine-tuning config and the pretraining configs whose runs it starts from.
+SHIPPED_PAIRS = [
+  ("demo.py", "demo_ctc.py"),
+  *[("w2v_base.py", f"ctc_base_{labels}.py") for labels in ("10m", "1h", "10h", "100h")],
+  ("hubert_base.py", "ctc_base_10h.py"),
+  ("w2v_large.py", "ctc_large_10m.py"),
+  ("w2v_large.py", "ctc_large_960h.py"),
+  ("xlsr_0.3b.py", "ctc_large_960h.py"),
+  ("hubert_large.py", "ctc_large_10m.py:hubert"),
+  ("hubert_large.py", "ctc_large_960h.py:hubert"),
+]
+
+
+@pytest.mark.parametrize("pretrained, finetuned", SHIPPED_PAIRS)
+def test_each_shipped_fine_tuning_config_fits_its_pretrained_model(pretrained, finetuned):
+  source = describe.load_config(f"{REPO}/configs/{pretrained}").model
+  target = describe.load_config(f"{REPO}/configs/{finetuned}").model
+  target.unlock()
+  target.vocab_size = 32  # set by the fine-tuning job from the labels' vocabulary
+  assert model_types.model_type(target) == "ctc"
+  assert model_types.architecture_differences(source, target) == []
+
+
+def test_hubert_large_needs_the_hubert_fine_tuning_config():
+  """wav2vec 2.0 Large's feature encoder has conv biases, HuBERT Large's none."""
+  source = describe.load_config(f"{REPO}/configs/hubert_large.py").model
+  target = describe.load_config(f"{REPO}/configs/ctc_large_960h.py").model
+  assert model_types.architecture_differences(source, target) == [
+    "conv_bias: False there, True here"
+  ]
+  with pytest.raises(ValueError, match="takes no argument or 'hubert', got 'hubrt'"):
+    describe.load_config(f"{REPO}/configs/ctc_large_960h.py:hubrt")
 
 
 def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
