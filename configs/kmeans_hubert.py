@@ -16,8 +16,8 @@ state of the iteration-1 demo run in /tmp/sslax-hubert-it1 whose units score the
 PNMI on held-out speech (the dev split's voices): the job tries every state 0-4 and
 clusters the best (`config.layer_choice`, sslax/units/layer_choice.py). In the small
 4-layer demo model every Transformer layer scored below its input, the deeper the lower
-(dev PNMI 0.564, 0.541, 0.526, 0.516, 0.486 for states 0-4 after 3,500 updates; the sweep
-is in benchmarks/RESULTS.md), so the paper's middle layer is not the best one there.
+(dev PNMI 0.566, 0.522, 0.492, 0.472, 0.467 for states 0-4 after 3,500 updates; the sweeps
+are in benchmarks/RESULTS.md), so the paper's middle layer is not the best one there.
 `:tiny` (tests): K=8 on layer 1 of configs/demo_hubert.py:iter1,tiny's 2 layers, the dev
 split in one shard, fit settings of configs/kmeans_mfcc.py:tiny; give the checkpoint.
 """
