@@ -74,3 +74,15 @@ def test_sigterm_stops_after_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path
     checkpoints.load_params(workdir),
     checkpoints.load_params(reference),
   )
+
+
+def test_a_resumed_run_drops_the_metrics_line_a_kill_cut_short(tmp_path, caplog):
+  """A run killed while appending to metrics.jsonl leaves a line without its newline; the
+  run that resumes drops it (and the lines after its checkpoint) and logs every step once."""
+  workdir = str(tmp_path)
+  loop.train(toy_job.config(total_steps=4, checkpoint_every=2), workdir, toy_job.setup())
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 5, "data_position": 5, "loss": 0.12')  # no newline: cut short
+  loop.train(toy_job.config(total_steps=6, checkpoint_every=2), workdir, toy_job.setup())
+  assert [m["step"] for m in read_metrics(workdir)] == [1, 2, 3, 4, 5, 6]
+  assert "dropped an unfinished last line" in caplog.text

@@ -90,10 +90,11 @@ class ForkServer:
 
 
 def last_logged_step(workdir: str) -> int:
-  """The step of metrics.jsonl's last line (0 when there is none)."""
+  """The step of metrics.jsonl's last complete line (0 when there is none): a reader can
+  see a line the run is still writing, without its newline yet."""
   try:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      lines = f.read().splitlines()
+      lines = f.read().split("\n")[:-1]
   except FileNotFoundError:
     return 0
   return json.loads(lines[-1])["step"] if lines else 0

@@ -134,11 +134,15 @@ class MetricsLogger:
     self._start = time.perf_counter()
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines for steps after `step` (written by a run that was killed later)."""
+    """Drops lines for steps after `step` (written by a run that was killed later), and a
+    last line without its newline (a write the kill cut short)."""
     if not self._is_primary or not os.path.exists(self._jsonl_path):
       return
     with open(self._jsonl_path) as f:
-      kept = [line for line in f if json.loads(line)["step"] <= step]
+      *complete, partial = f.read().split("\n")
+    if partial:
+      logging.warning("%s: dropped an unfinished last line: %r", self._jsonl_path, partial)
+    kept = [line + "\n" for line in complete if json.loads(line)["step"] <= step]
     tmp = self._jsonl_path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)
