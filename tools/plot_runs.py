@@ -25,10 +25,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
   """A run's training lines and its validation lines, each in step order (a resumed run's
-  repeated steps keep their last line)."""
+  repeated steps keep their last line; a last line a running job is still writing, without
+  its newline yet, is left out)."""
   train, valid = {}, {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
+      if not line.endswith("\n"):
+        break
       record = json.loads(line)
       if "valid" in record:
         valid[record["step"]] = dict(record["valid"], step=record["step"])
