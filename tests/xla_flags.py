@@ -1,10 +1,14 @@
 """XLA_FLAGS for the tests and the processes they start.
 
-The tests check numbers, not speed: LLVM's optimisation level 0 halves the compile time
-that dominates the suite (tiny models), with every result within its test's tolerance.
+The tests check numbers, not speed, and compiling tiny models dominates the suite: LLVM's
+optimisation level 0 halves the compile time, and XLA's older elemental emitters instead of
+its MLIR fusion emitters (`--xla_cpu_use_fusion_emitters=false`) cut it by another 40 %
+(the first sharded wav2vec 2.0 step of tests/test_sharding.py: 5.8 s -> 3.5 s, the whole
+suite 15 min 31 s -> 11 min 14 s on 2 cores), with every result within its test's
+tolerance.
 """
 
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def cpu_devices(count: int) -> str:
