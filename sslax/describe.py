@@ -100,7 +100,14 @@ _FINETUNING_JOBS = ("finetune", "evaluate")
 _FRONTEND_COMPONENTS = ("conv_extractor", "mel_filterbank", "subsampling_conv")
 # Components no gradient flows through in any training run.
 _FORWARD_ONLY_COMPONENTS = ("bestrq_targets",)
-_FAST_CODEGEN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Buffer assignment precedes code generation, so the cheapest code generation serves:
+# unoptimised LLVM and XLA's elemental emitters instead of its MLIR fusion emitters (a
+# 2-layer Base gradient: 14.3 s -> 7.2 s on a CPU, the same bytes per example).
+_FAST_CODEGEN = {
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
+  "xla_cpu_use_fusion_emitters": False,
+}
 
 
 def _is_bestrq(model_config: ml_collections.ConfigDict) -> bool:
@@ -450,8 +457,6 @@ def compiled_gradient_temp_bytes(
   lowered = jax.jit(gradient).lower(
     params, variables, _abstract_batch(config, batch, num_samples), rng
   )
-  # Buffer assignment precedes code generation; skipping LLVM's costly passes halves the
-  # compile time and leaves the memory figure unchanged.
   compiled = lowered.compile(compiler_options=_FAST_CODEGEN)
   return int(compiled.memory_analysis().temp_size_in_bytes)
 
