@@ -1,4 +1,5 @@
-"""Checkpoints carry `TrainState.model_state`, and older ones (without it) still restore."""
+"""Checkpoints carry `TrainState.model_state`, older ones (without it) still restore, and
+only large replicated arrays are saved replica-parallel."""
 
 from typing import Any
 
@@ -68,3 +69,37 @@ def test_checkpoint_without_model_state_restores_with_it_empty(tmp_path):
   needs_stats = like.replace(model_state={"batch_stats": {"mean": jnp.zeros(4)}})
   with pytest.raises(ValueError, match="holds no model_state"):
     _restore(tmp_path, 5, needs_stats)
+
+
+def _programs_lowered_while(fn) -> int:
+  """How many XLA programs JAX lowered while `fn()` ran."""
+  lowered = []
+
+  def listener(event, duration_secs, **kwargs):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      lowered.append(duration_secs)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return len(lowered)
+
+
+def test_only_large_replicated_arrays_are_saved_replica_parallel(tmp_path):
+  """Orbax cuts an array replicated over 8 devices into 8 slices, one program each, so
+  that each replica writes one; arrays with slices under 1 MiB are written whole by one
+  replica instead (no program). Both restore the same."""
+  replicated = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ("data",)), jax.sharding.PartitionSpec()
+  )
+  assert len(replicated.device_set) == 8
+  # Shapes no other test slices (programs are cached per process).
+  small = {f"bias{i}": jnp.arange(8.0 * (97 + i)) for i in range(4)}
+  large = {"kernel": jnp.ones((8 * 131, 2048))}  # 8.2 MiB: 1.02 MiB per replica
+  for name, tree, expected in (("small", small, 0), ("large", large, 8)):
+    state = jax.device_put(tree, replicated)
+    assert _programs_lowered_while(lambda s=state, n=name: _save(tmp_path / n, 1, s)) == expected
+    restored, _ = _restore(tmp_path / name, 1, tree)
+    jax.tree.map(np.testing.assert_array_equal, restored, tree)
