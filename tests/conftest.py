@@ -4,6 +4,7 @@ XLA reads XLA_FLAGS when the backend starts, so this must run before JAX is impo
 """
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -15,9 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session and the processes it starts (they
 # inherit the environment): the same tiny programs, compiled in-process by one test and in
 # a `python -m sslax.main` child by another, are compiled once. Every program is cached,
-# however quick to compile: orbax's first save in a process compiles one slice per
-# replicated array (120 of about 18 ms for the tiny demo model), which every later process
-# then reads instead (a warm `python -m sslax.main` run: 9.3 s -> 7.5 s of CPU).
+# however quick to compile.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="sslax-tests-jax-cache-")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
@@ -31,6 +30,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
   os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+from collections.abc import Callable  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -57,14 +57,30 @@ def no_stream_left_open():
     time.sleep(0.01)
 
 
+def _made_once(tmp_path_factory, name: str, make: Callable[[str], object]) -> str:
+  """The directory `name`, filled by `make(path)` once per test run: pytest-xdist's workers
+  share it (their temporary directories are siblings); the first to need it makes it while
+  the others wait on its lock."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)  # left by a worker that failed making it
+      path.mkdir()
+      make(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory) -> str:
-  """A TFDS data_dir with the demo corpus prepared once per test session."""
+  """A TFDS data_dir with the demo corpus prepared once per test run."""
   from sslax.data.demo_corpus import builder
 
-  data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
-  builder.prepare(data_dir)
-  return data_dir
+  return _made_once(tmp_path_factory, "tensorflow_datasets", builder.prepare)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +91,5 @@ def tiny_mfcc_units(tmp_path_factory, demo_data_dir) -> str:
 
   config = kmeans_mfcc.get_config("tiny")
   config.data.data_dir = demo_data_dir
-  workdir = str(tmp_path_factory.mktemp("tiny_mfcc_units"))
-  job.run(config, workdir)
+  workdir = _made_once(tmp_path_factory, "tiny_mfcc_units", lambda path: job.run(config, path))
   return f"{workdir}/units"
