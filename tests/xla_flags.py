@@ -17,7 +17,7 @@ def cpu_devices(count: int) -> str:
 
 
 # XLA's own defaults, for the few tests that run one program hundreds of times: there its
-# speed outweighs its compile time (tests/test_finetune.py's 300 CTC updates: 47 s -> 23 s).
+# speed outweighs its compile time (tests/test_finetune.py's 300 CTC updates: 47 s -> 22 s alone).
 OPTIMIZED = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
