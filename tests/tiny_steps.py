@@ -23,3 +23,7 @@ def fewer_layers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if config.model.frontend == "waveform":
       config.model.conv_layers = CONV_3
   return config
+
+
+# `fewer_layers` of a tiny waveform config, as `python -m sslax.main` flags.
+FEWER_LAYERS_FLAGS = ("--config.model.num_layers=1", f"--config.model.conv_layers={CONV_3}")
