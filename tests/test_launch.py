@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 
+import tiny_steps
 import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +140,8 @@ def test_slurm_script_runs_one_job_across_tasks(tmp_path, demo_data_dir):
       f"--workdir={workdir}",
       f"--config.data.data_dir={demo_data_dir}",
       "--config.total_steps=2",
+      # Two processes compile programs of their own: the smaller model compiles faster.
+      *tiny_steps.FEWER_LAYERS_FLAGS,
     ],
     cwd=tmp_path,
     env=env,

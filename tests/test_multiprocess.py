@@ -10,8 +10,9 @@ those of one process with all 8 devices.
 
 Compiling dominates these runs on a CPU, hence the smaller model, and every run compiles
 fast (tests/xla_flags.py's FAST_COMPILE, added through launch/local.sh's PYTHON: same
-program semantics; all runs compared here use it). (JAX_SHARE_BINARY_BETWEEN_HOSTS, one process compiling for all, timed out the
-other processes' first cross-process collective on a loaded 2-core machine.)
+program semantics; all runs compared here use it). (JAX_SHARE_BINARY_BETWEEN_HOSTS, one
+process compiling for all, timed out the other processes' first cross-process collective
+on a loaded 2-core machine.)
 """
 
 import functools
