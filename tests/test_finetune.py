@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 from streams import take
+import tiny_steps
 import xla_flags
 
 from configs import demo, demo_ctc
@@ -36,8 +37,9 @@ def flat(params):
 @pytest.fixture(scope="module")
 def tiny(demo_data_dir):
   """A tiny fine-tuning config (no dropout or layerdrop, so runs compare), its vocabulary,
-  one batch and a single-device trainer."""
-  config = demo_ctc.get_config("tiny")
+  one batch and a single-device trainer; one block and 3 conv layers (tests/tiny_steps.py:
+  compiles faster)."""
+  config = tiny_steps.fewer_layers(demo_ctc.get_config("tiny"))
   config.unlock()
   config.data.data_dir = demo_data_dir
   config.total_steps = 300
