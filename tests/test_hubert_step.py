@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from streams import take
+import tiny_steps
 
 from configs import demo_hubert, kmeans_hubert
 from sslax import extract, loop
@@ -36,7 +37,8 @@ STATE_ATOL = 1e-6  # after four Adam updates of size ~lr = 1e-3
 
 
 def tiny_config(units_dir, data_dir, iteration="iter1"):
-  config = demo_hubert.get_config(f"{iteration},tiny")
+  """The tiny HuBERT config with one block and 3 conv layers (tests/tiny_steps.py)."""
+  config = tiny_steps.fewer_layers(demo_hubert.get_config(f"{iteration},tiny"))
   config.units.dir = units_dir
   config.data.data_dir = data_dir
   return config
