@@ -1,7 +1,8 @@
 """SIGKILL of the real main job at 10 random moments, mid-save included, then resume:
 the end is bitwise the end of an uninterrupted run.
 
-`python -m sslax.main --config=configs/demo.py:tiny` on the demo corpus (the real input
+`python -m sslax.main --config=configs/demo.py:tiny` (with one Transformer block and 3 conv
+layers, tests/tiny_steps.py) on the demo corpus (the real input
 stream through grain, the wav2vec 2.0 step, asynchronous orbax saves), on 8 fake CPU
 devices, checkpointing every step. Every run is forked from tests/main_fork_server.py
 (which imported sslax.main once) and all share one persistent compilation cache, which
@@ -39,6 +40,7 @@ from test_sigkill import (
   partial_saves,
   wait_until,
 )
+import tiny_steps
 
 from sslax.core import checkpoints
 
@@ -74,7 +76,8 @@ def read_metrics(workdir: str) -> list[dict]:
 def test_main_job_killed_at_random_moments_resumes_bitwise(tmp_path, demo_data_dir):
   # tests/main_fork_server.py: the real main job, 8 fake CPU devices.
   server = ForkServer(str(tmp_path / "jax_cache"), ("main_fork_server.py", CONFIG), devices=8)
-  run = {"total_steps": TOTAL_STEPS, "data.data_dir": demo_data_dir}
+  # The smaller model (tests/tiny_steps.py): each run traces and loads it faster.
+  run = {"total_steps": TOTAL_STEPS, "data.data_dir": demo_data_dir, **tiny_steps.FEWER_LAYERS}
   try:
     reference_dir = str(tmp_path / "reference")
     started = time.monotonic()

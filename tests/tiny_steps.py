@@ -25,5 +25,7 @@ def fewer_layers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return config
 
 
-# `fewer_layers` of a tiny waveform config, as `python -m sslax.main` flags.
-FEWER_LAYERS_FLAGS = ("--config.model.num_layers=1", f"--config.model.conv_layers={CONV_3}")
+# `fewer_layers` of a tiny waveform config, as config overrides and as `python -m
+# sslax.main` flags.
+FEWER_LAYERS = {"model.num_layers": 1, "model.conv_layers": CONV_3}
+FEWER_LAYERS_FLAGS = tuple(f"--config.{name}={value}" for name, value in FEWER_LAYERS.items())
