@@ -1,6 +1,9 @@
-"""Smaller still than the `tiny` demo configs, for tests that compile and run many steps.
+"""Smaller still than the `tiny` demo configs, for tests whose programs are their own.
 
-Compiling a train step dominates those tests, and it grows with the number of layers;
+A test that compiles programs no other test shares (another mesh, process topology,
+schedule or objective setting; the suite's persistent compilation cache shares the rest)
+pays for every layer, and so does each process of a multi-process or SIGKILL test, which
+traces and loads them again. Compiling a train step grows with the number of layers;
 running one with gradient accumulation (a scan, whose body XLA runs without its fast
 convolutions at optimisation level 0) grows with the conv channels. One Transformer
 block and a 3-layer, 16-channel feature encoder with the same 320x downsampling (so the
