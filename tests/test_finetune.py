@@ -259,7 +259,8 @@ def test_tiny_model_learns_to_transcribe_a_fixed_batch(tiny):
 
 
 def run_main(workdir, data_dir, *overrides, env=None, tensorflow=True):
-  """`python -m sslax.main ...`; without `tensorflow`, as on a machine that lacks it."""
+  """`python -m sslax.main ...` of the one-block tiny model; without `tensorflow`, as on a
+  machine that lacks it."""
   result = subprocess.run(
     [
       sys.executable,
@@ -268,6 +269,7 @@ def run_main(workdir, data_dir, *overrides, env=None, tensorflow=True):
       "--config=configs/demo_ctc.py:tiny",
       f"--workdir={workdir}",
       f"--config.data.data_dir={data_dir}",
+      *tiny_steps.FEWER_LAYERS_FLAGS,
       *overrides,
     ],
     cwd=REPO,
@@ -288,8 +290,10 @@ def read_metrics(workdir):
 
 def test_finetune_from_a_pretraining_run_resume_and_evaluate(tmp_path, demo_data_dir):
   # A pretraining workdir (a tiny model's initial state, checkpointed as the loop does).
+  # One block and 3 conv layers (tests/tiny_steps.py): the four runs compile their own
+  # programs (one device, their own cache).
   pretrain_dir = str(tmp_path / "pretrain")
-  config = demo.get_config("tiny")
+  config = tiny_steps.fewer_layers(demo.get_config("tiny"))
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   trainer = wav2vec2_step.build_trainer(config, mesh)
   state = state_lib.init_state(trainer.init_fn, trainer.state_shardings, jax.random.key(7))
