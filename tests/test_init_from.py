@@ -8,6 +8,7 @@ import sys
 import flax.traverse_util
 import numpy as np
 import pytest
+import tiny_steps
 
 from configs import demo
 from sslax import describe, init_from
@@ -130,8 +131,10 @@ def test_hubert_large_needs_the_hubert_fine_tuning_config():
 
 
 def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
-  """The first step of a run from a checkpoint uses exactly the checkpoint's parameters."""
-  model_config = demo.get_config("tiny").model
+  """The first step of a run from a checkpoint uses exactly the checkpoint's parameters.
+
+  One block and 3 conv layers (tests/tiny_steps.py): the run's programs are its own."""
+  model_config = tiny_steps.fewer_layers(demo.get_config("tiny")).model
   source = model_types.init_params(model_config, seed=123)
   source_dir = str(tmp_path / "pretrained")
   checkpoint.save_sslax_checkpoint(source_dir, model_config, source)
@@ -148,6 +151,7 @@ def test_main_starts_from_an_sslax_checkpoint(tmp_path, demo_data_dir):
         f"--config.init_from={source_dir}",
         "--config.total_steps=1",
         "--config.optim.warmup_steps=1",
+        *tiny_steps.FEWER_LAYERS_FLAGS,
         *overrides,
       ],
       cwd=REPO,
