@@ -4,9 +4,9 @@ the end is bitwise the end of an uninterrupted run.
 `python -m sslax.main --config=configs/demo.py:tiny` (with one Transformer block and 3 conv
 layers, tests/tiny_steps.py) on the demo corpus (the real input stream through grain, the
 wav2vec 2.0 step, asynchronous orbax saves), on 8 fake CPU devices, checkpointing every
-step. Every run is forked from tests/main_fork_server.py
-(which imported sslax.main once) and all share one persistent compilation cache, which
-the uninterrupted run fills: a killed run costs a JAX start-up, a restore and its steps.
+step. Every run is forked from tests/main_fork_server.py (which imported sslax.main once)
+and all share one persistent compilation cache, which the uninterrupted run fills: a
+killed run costs a JAX start-up, a restore and its steps.
 
 Kill moments are drawn (seeded) relative to observed progress, as in tests/test_sigkill.py:
 one time in five at a random moment of start-up (backend, restore, clean-up of partial

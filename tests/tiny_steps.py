@@ -16,13 +16,14 @@ import ml_collections
 
 # (channels, kernel, stride): 5 x 8 x 8 = 320 samples per frame, 50 frames in 16,080.
 CONV_3 = ((16, 10, 5), (16, 8, 8), (16, 8, 8))
+NUM_LAYERS = 1
 
 
 def fewer_layers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` (a tiny wav2vec 2.0 / conformer config) with one encoder block and, for the
   waveform frontend, `CONV_3`; changed in place and returned."""
   with config.unlocked():
-    config.model.num_layers = 1
+    config.model.num_layers = NUM_LAYERS
     if config.model.frontend == "waveform":
       config.model.conv_layers = CONV_3
   return config
@@ -30,5 +31,5 @@ def fewer_layers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 # `fewer_layers` of a tiny waveform config, as config overrides and as `python -m
 # sslax.main` flags.
-FEWER_LAYERS = {"model.num_layers": 1, "model.conv_layers": CONV_3}
+FEWER_LAYERS = {"model.num_layers": NUM_LAYERS, "model.conv_layers": CONV_3}
 FEWER_LAYERS_FLAGS = tuple(f"--config.{name}={value}" for name, value in FEWER_LAYERS.items())
